@@ -1,0 +1,3 @@
+from blockyard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Sans-IO NBD core: constants, wire codecs, server and client state machines."""
