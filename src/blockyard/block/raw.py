@@ -55,7 +55,7 @@ class RawFile(Layer):
         self._can_punch = not self.is_block_device
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], size: int, **kw: object) -> RawFile:
+    def create_sparse(cls, path: str | os.PathLike[str], size: int, **kw: object) -> RawFile:
         """Create a sparse raw image; refuses to overwrite an existing file."""
         try:
             fd = os.open(os.fspath(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)

@@ -19,7 +19,8 @@ _pool: ThreadPoolExecutor | None = None
 def pool() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        workers = int(os.environ.get("BLOCKYARD_IO_THREADS", "0")) or max(4, 2 * (os.cpu_count() or 1))
+        env = int(os.environ.get("BLOCKYARD_IO_THREADS", "0"))
+        workers = env or max(4, 2 * (os.cpu_count() or 1))
         _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="blockyard-io")
     return _pool
 

@@ -26,7 +26,7 @@ class RawImage(RawFile, ImageLayer):
                **opts: Any) -> RawImage:
         if variant not in ("dynamic", "fixed"):
             raise MediaError(f"{os.fspath(path)}: raw images have no variant {variant!r}")
-        img = RawFile.create(path, size)
+        img = RawFile.create_sparse(path, size)
         fd = img.fd
         if variant == "fixed":
             try:

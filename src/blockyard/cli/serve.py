@@ -1,0 +1,88 @@
+"""``blockyard serve``: the embedded default, or quick mode over named files.
+
+* ``blockyard serve`` -- the built-in configuration (configs/blockyard.toml):
+  a state directory, a 1 GiB sparse demo disk made on first start, NBD on
+  127.0.0.1:10809 exporting it as ``demo``.
+* ``blockyard serve disk.img other.vdi --nbd 127.0.0.1:0 [--read-only]`` --
+  quick mode, like qemu-nbd: each file is an export named after its stem
+  (``--name`` overrides, once per file, in order); port 0 picks a free port,
+  which is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from blockyard.errors import ConfigError
+from blockyard.server import (
+    ExportDecl,
+    ServePlan,
+    default_config,
+    default_state_dir,
+    parse_address,
+    run,
+)
+from blockyard.util.units import parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="serve disk images over NBD (and iSCSI)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="*", metavar="FILE", help="images to export (quick mode)")
+    p.add_argument("--nbd", action="append", metavar="HOST:PORT",
+                   help="NBD listen address (repeatable; default 127.0.0.1:10809)")
+    p.add_argument("--iscsi", action="append", metavar="HOST:PORT",
+                   help="iSCSI listen address (repeatable)")
+    p.add_argument("--name", action="append", default=[],
+                   help="export name for the corresponding FILE (default: file stem)")
+    p.add_argument("--read-only", "-r", action="store_true", help="refuse writes")
+    p.add_argument("--format", "-f", help="image format (default: probe the content)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="state directory (default $BLOCKYARD_STATE_DIR or "
+                        "$XDG_STATE_HOME/blockyard)")
+    p.add_argument("--log-level", default=os.environ.get("BLOCKYARD_LOG", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_serve)
+
+
+def _quick_plan(args: argparse.Namespace) -> ServePlan:
+    if len(args.name) > len(args.files):
+        raise ConfigError("more --name options than files")
+    names = list(args.name) + [Path(f).stem for f in args.files[len(args.name):]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"export names collide: {', '.join(names)}; use --name")
+    exports = [ExportDecl(n, str(Path(f).resolve()), args.read_only, format=args.format)
+               for n, f in zip(names, args.files, strict=True)]
+    nbd = [parse_address(a, 10809) for a in args.nbd or ([] if args.iscsi else ["127.0.0.1"])]
+    iscsi = [parse_address(a, 3260) for a in args.iscsi or []]
+    return ServePlan(exports, nbd, iscsi)
+
+
+def _default_plan(args: argparse.Namespace) -> ServePlan:
+    cfg = default_config()
+    state = args.state_dir or os.environ.get("BLOCKYARD_STATE_DIR") \
+        or cfg["server"].get("state_dir") or default_state_dir()
+    state_dir = Path(state).expanduser()
+    exports = []
+    for e in cfg.get("export", []):
+        path = Path(e["path"])
+        exports.append(ExportDecl(
+            e["name"], str(path if path.is_absolute() else state_dir / path),
+            bool(e.get("read_only", False)) or args.read_only, e.get("description", ""),
+            parse_size(e.get("create_size", 0)), e.get("format")))
+    listen = args.nbd or cfg.get("nbd", {}).get("listen", [])
+    nbd = [parse_address(a, 10809) for a in listen]
+    iscsi = [parse_address(a, 3260) for a in args.iscsi or []]
+    return ServePlan(exports, nbd, iscsi, state_dir, banner=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plan = _quick_plan(args) if args.files else _default_plan(args)
+    if plan.state_dir is not None:
+        plan.state_dir.mkdir(parents=True, exist_ok=True)
+    return run(plan)

@@ -1,0 +1,145 @@
+"""Putting a server together: exports from files, listeners, signals.
+
+``ServePlan`` says what to serve (built by the CLI from arguments or from the
+embedded default configuration); ``run(plan)`` opens every medium, starts the
+listeners, prints where they are, and runs until SIGTERM or SIGINT, then
+shuts down gracefully (in-flight requests finish or fail with ESHUTDOWN,
+layers are flushed and closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from blockyard.block.formats import create_image, open_image
+from blockyard.errors import ConfigError, MediaError
+from blockyard.transport.nbd_server import Export, ExportTable, NbdServer
+
+log = logging.getLogger("blockyard")
+
+
+@dataclass
+class ExportDecl:
+    name: str
+    path: str
+    read_only: bool = False
+    description: str = ""
+    create_size: int = 0  # create a sparse image of this size when missing
+    format: str | None = None
+
+
+@dataclass
+class ServePlan:
+    exports: list[ExportDecl]
+    nbd: list[tuple[str, int]] = field(default_factory=list)
+    iscsi: list[tuple[str, int]] = field(default_factory=list)
+    state_dir: Path | None = None
+    banner: bool = False  # print how to connect
+
+
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``HOST`` or ``:PORT``."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":") or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ConfigError(f"bad listen address {text!r} (want HOST:PORT)") from None
+
+
+def default_config() -> dict[str, Any]:
+    text = resources.files("blockyard.defaults").joinpath("blockyard.toml").read_text()
+    return tomllib.loads(text)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "blockyard"
+
+
+def open_export(decl: ExportDecl) -> Export:
+    path = Path(decl.path)
+    if decl.create_size and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        layer = create_image(path, decl.create_size, decl.format or "raw")
+        log.info("created %s (%d bytes, sparse)", path, decl.create_size)
+    else:
+        if not path.exists():
+            raise MediaError(f"{path}: no such file")
+        layer = open_image(path, read_only=decl.read_only, fmt=decl.format)
+    return Export(decl.name, layer, decl.description, decl.read_only)
+
+
+def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable) -> None:
+    if not addrs:
+        return
+    host, port = addrs[0]
+    hostport = f"[{host}]" if ":" in host else host
+    suffix = "" if port == 10809 else f":{port}"
+    for e in exports:
+        uri = f"nbd://{hostport}{suffix}/{e.name}"
+        print(f"serving {e.name!r} ({e.layer.size} bytes) at {uri}")
+        if plan.banner:
+            print(f"  nbdinfo {uri}\n  qemu-img info {uri}\n"
+                  f"  nbd-client {host} {port} /dev/nbd0 -N {e.name}")
+    sys.stdout.flush()
+
+
+async def serve(plan: ServePlan) -> int:
+    exports = ExportTable([open_export(d) for d in plan.exports])
+    nbd = NbdServer(exports)
+    addrs = []
+    try:
+        for host, port in plan.nbd:
+            addrs.append(await nbd.listen(host, port))
+            print(f"nbd: listening on {addrs[-1][0]}:{addrs[-1][1]}", flush=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
+    extra = await _start_iscsi(plan, exports)
+    _banner(plan, addrs, exports)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    for stopper in extra:
+        await stopper()
+    await nbd.stop()
+    for e in exports:
+        await e.layer.close()
+    return 0
+
+
+async def _start_iscsi(plan: ServePlan, exports: ExportTable) -> list[Any]:
+    if not plan.iscsi:
+        return []
+    try:
+        from blockyard.transport import iscsi_target  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ConfigError(f"the iSCSI target is not available: {exc}") from None
+    return await iscsi_target.start_quick(exports, plan.iscsi)  # type: ignore[attr-defined, no-any-return]
+
+
+def run(plan: ServePlan) -> int:
+    if not os.environ.get("BLOCKYARD_NO_UVLOOP"):
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+    return asyncio.run(serve(plan))

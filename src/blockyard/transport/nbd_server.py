@@ -1,0 +1,341 @@
+"""The asyncio NBD server: a thin shell around ``nbd.server.ServerConnection``.
+
+Per connection, a ``BufferedProtocol`` receives straight into the core's
+buffer, drains its events, runs each request against the export's block
+layer and writes the reply.  Requests are pipelined: each one is started at
+once and eagerly (``util.eager``), so a page-cache hit is answered inside the
+same callback, while a request that has to wait (thread pool, throttle)
+finishes later and its reply goes out whenever it is ready (replies may be
+out of order; proto.md, "Transmission").  Replies produced in one callback
+are corked into one ``writelines`` call.
+
+Back-pressure: the bytes of requests in flight are counted; above
+``max_queued`` the connection stops reading until they drain, and it also
+stops reading while the socket's write buffer is above its high-water mark.
+
+Shutdown (``NbdServer.stop``): stop accepting; each connection stops taking
+new requests (answered ESHUTDOWN), in-flight requests finish or fail with
+ESHUTDOWN after ``grace`` seconds, layers are flushed, sockets closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from blockyard.block.layer import Layer
+from blockyard.errors import BlockError, RemoteProtocolError
+from blockyard.nbd import constants as c
+from blockyard.nbd import replies
+from blockyard.nbd.events import (
+    NEED_DATA,
+    Disconnect,
+    ExportQuery,
+    ExportSpec,
+    ListQuery,
+    Request,
+)
+from blockyard.nbd.server import ServerConnection, State
+from blockyard.transport.nbd_ops import COMMAND_TABLE, export_flags
+from blockyard.util.eager import run_eager
+
+log = logging.getLogger("blockyard.nbd")
+TF = c.TransmissionFlag
+_READ = int(c.Cmd.READ)
+
+
+@dataclass
+class Export:
+    """One named export: a block layer and how to present it."""
+
+    name: str
+    layer: Layer
+    description: str = ""
+    read_only: bool = False
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "bytes": 0})
+
+    def spec(self) -> ExportSpec:
+        lim = self.layer.limits
+        flags = export_flags(self.layer, self.read_only)
+        return ExportSpec(self.name, self.layer.size, flags, self.description,
+                          lim.minimum, lim.preferred, lim.maximum)
+
+
+class ExportTable:
+    """Exports by name; the empty name selects the default (first) export."""
+
+    def __init__(self, exports: list[Export] | None = None) -> None:
+        self._by_name: dict[str, Export] = {}
+        for e in exports or []:
+            self.add(e)
+
+    def add(self, export: Export) -> None:
+        self._by_name[export.name] = export
+
+    def remove(self, name: str) -> Export | None:
+        return self._by_name.pop(name, None)
+
+    def lookup(self, name: str) -> Export | None:
+        if name == "" and self._by_name:
+            return next(iter(self._by_name.values()))
+        return self._by_name.get(name)
+
+    def listing(self) -> list[tuple[str, str]]:
+        return [(e.name, e.description) for e in self._by_name.values()]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._by_name.values()))
+
+
+class NbdConnection(asyncio.BufferedProtocol):
+    def __init__(self, server: NbdServer) -> None:
+        self.server = server
+        self.core = ServerConnection()
+        self.transport: asyncio.Transport | None = None
+        self.export: Export | None = None
+        self.peer = "?"
+        self.inflight: dict[int, int] = {}  # id(task or request) -> bytes
+        self.inflight_bytes = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+        self.draining = False
+        self._cork: list[Any] | None = None
+        self._paused_for: set[str] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    # ---- asyncio protocol callbacks ------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        transport.set_write_buffer_limits(high=8 << 20)
+        self.server.connections.add(self)
+        log.info("nbd: connection from %s", self.peer)
+        self._flush_core()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        name = self.export.name if self.export else "-"
+        log.info("nbd: connection from %s closed (export %s)%s", self.peer, name,
+                 f": {exc}" if exc else "")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.core.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.core.buffer_updated(nbytes)
+        self._process()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        self._pause("write-buffer")
+
+    def resume_writing(self) -> None:
+        self._resume("write-buffer")
+
+    # ---- event loop of the core ------------------------------------------------------
+    def _process(self) -> None:
+        cork: list[Any] = []
+        self._cork = cork
+        try:
+            while not self.closed and not self._paused_for:
+                event = self.core.next_event()
+                if event is NEED_DATA:
+                    break
+                if type(event) is Request:
+                    self._start_request(event)
+                else:
+                    self._handshake_event(event)
+                if self.core.state is State.CLOSED:
+                    break
+        except RemoteProtocolError as exc:
+            log.warning("nbd: %s: protocol error, disconnecting: %s", self.peer, exc)
+            self._flush_cork(cork)
+            self._abort()
+            return
+        self._flush_cork(cork)
+        if self.core.state is State.CLOSED and not self.closed:
+            self._close_when_idle()
+
+    def _flush_cork(self, cork: list[Any]) -> None:
+        self._cork = None
+        out = self.core.data_to_send()
+        if out:
+            cork.extend(out)
+        if cork and not self.closed and self.transport is not None:
+            self.transport.writelines(cork)
+
+    def _flush_core(self) -> None:
+        out = self.core.data_to_send()
+        if out and self.transport is not None and not self.closed:
+            self.transport.writelines(out)
+
+    def _send(self, bufs: Any) -> None:
+        if self.closed:
+            return
+        cork = self._cork
+        if cork is not None:
+            if type(bufs) is list:
+                cork.extend(bufs)
+            else:
+                cork.append(bufs)
+        elif self.transport is not None:
+            if type(bufs) is list:
+                self.transport.writelines(bufs)
+            else:
+                self.transport.write(bufs)
+
+    # ---- handshake events --------------------------------------------------------------
+    def _handshake_event(self, event: object) -> None:
+        if isinstance(event, ExportQuery):
+            export = self.server.exports.lookup(event.name)
+            if export is None:
+                self.core.reject_export(c.Rep.ERR_UNKNOWN, f"no export named {event.name!r}")
+            elif self.draining:
+                self.core.reject_export(c.Rep.ERR_SHUTDOWN, "server is shutting down")
+            else:
+                self.core.accept_export(export.spec())
+                if event.go:
+                    self.export = export
+                    log.info("nbd: %s uses export %s", self.peer, export.name)
+        elif isinstance(event, ListQuery):
+            self.core.send_list(self.server.exports.listing())
+        elif isinstance(event, Disconnect):
+            log.debug("nbd: %s: %s", self.peer, event.reason)
+
+    # ---- requests ----------------------------------------------------------------------
+    def _start_request(self, req: Request) -> None:
+        export = self.export
+        assert export is not None
+        if self.draining:
+            self._send(replies.error(req.cookie, errno.ESHUTDOWN, self.core.negotiated.structured,
+                                     "server is shutting down"))
+            return
+        size = req.length if req.cmd <= 1 else 0
+        self.inflight_bytes += size
+        if self.inflight_bytes > self.server.max_queued:
+            self._pause("queued-bytes")
+        self.idle.clear()
+        self.inflight[id(req)] = size
+        task = run_eager(self._run(req, export))
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, req: Request, export: Export) -> None:
+        structured = self.core.negotiated.structured
+        try:
+            if req.cmd == _READ:
+                data = await export.layer.pread(req.offset, req.length)
+                if structured:
+                    out: Any = replies.read_structured(req.cookie, req.offset, data)
+                else:
+                    out = replies.read_simple(req.cookie, data)
+            else:
+                out = await COMMAND_TABLE[req.cmd](self, export.layer, req)
+        except BlockError as exc:
+            out = replies.error(req.cookie, exc.errno, structured, str(exc))
+        except asyncio.CancelledError:
+            out = replies.error(req.cookie, errno.ESHUTDOWN, structured, "server shut down")
+        except Exception:  # a bug must cost one request, not the server
+            log.exception("nbd: %s: request %r failed", self.peer, req)
+            out = replies.error(req.cookie, errno.EIO, structured, "internal error")
+        stats = export.stats
+        stats["requests"] += 1
+        stats["bytes"] += req.length if req.cmd <= 1 else 0
+        self._send(out)
+        self._done(req)
+
+    def _done(self, req: Request) -> None:
+        self.inflight_bytes -= self.inflight.pop(id(req), 0)
+        if self.inflight_bytes <= self.server.max_queued // 2:
+            self._resume("queued-bytes")
+        if not self.inflight:
+            self.idle.set()
+
+    # ---- flow control and closing ---------------------------------------------------------
+    def _pause(self, why: str) -> None:
+        if not self._paused_for and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self._paused_for.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why not in self._paused_for:
+            return
+        self._paused_for.discard(why)
+        if not self._paused_for and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            if self._cork is None:
+                self._process()
+
+    def _close_when_idle(self) -> None:
+        async def closer() -> None:
+            await self.idle.wait()
+            if self.transport is not None:
+                self.transport.close()
+        if self.inflight:
+            asyncio.get_running_loop().create_task(closer())
+        elif self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking requests, finish the ones in flight, then close."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self.idle.wait(), grace)
+        except TimeoutError:
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+
+class NbdServer:
+    """Listens on one or more addresses and serves an ``ExportTable``."""
+
+    def __init__(self, exports: ExportTable, *, max_queued: int = 128 << 20,
+                 on_listen: Callable[[str, int], None] | None = None) -> None:
+        self.exports = exports
+        self.max_queued = max_queued
+        self.connections: set[NbdConnection] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._on_listen = on_listen
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: NbdConnection(self), host, port,
+                                          reuse_address=True, backlog=128)
+        self._servers.append(server)
+        addr = server.sockets[0].getsockname()
+        log.info("nbd: listening on %s:%s", addr[0], addr[1])
+        return addr[0], addr[1]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for server in self._servers:
+            server.close()
+        await asyncio.gather(*(conn.drain(grace) for conn in list(self.connections)))
+        for export in self.exports:
+            try:
+                await export.layer.flush()
+            except BlockError as exc:
+                log.error("nbd: flushing export %s failed: %s", export.name, exc)
+        for server in self._servers:
+            await server.wait_closed()
