@@ -2,7 +2,9 @@
 
 ``require_tool(name)`` is the one rule for missing peers: in CI (``CI=true``)
 a missing peer is a failure, elsewhere the test is skipped with a loud reason
-that says which Debian package brings the tool.
+that says which Debian package brings the tool.  Tests name their peers with
+``@pytest.mark.peers("qemu-img", ...)`` (checked before each test) and get
+libnbd's Python module from the ``nbd`` fixture, under the same rule.
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ def require_libnbd():  # type: ignore[no-untyped-def]
     except ImportError as exc:
         _missing("nbd", f"import failed: {exc}")
     return nbd
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "peers(*tools): executables the test needs (see require_tool)")
+
+
+@pytest.fixture(autouse=True)
+def _required_peers(request: pytest.FixtureRequest) -> None:
+    for marker in request.node.iter_markers("peers"):
+        for tool in marker.args:
+            require_tool(tool)
+
+
+@pytest.fixture
+def nbd():  # type: ignore[no-untyped-def]
+    """libnbd's Python module (Debian's python3-libnbd)."""
+    return require_libnbd()
 
 
 @pytest.fixture

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from nbd_helpers import MiB, run, sparse_file, write_at
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.peers("fio")]
 
 JOBS = 4
 PER_JOB = 24 * MiB  # 96 MiB in all
@@ -35,7 +34,6 @@ def _check_jobs(report: dict, key: str) -> None:  # type: ignore[type-arg]
 
 
 def test_fio_random_write_then_verify(nbd_server, tmp_path: Path) -> None:
-    require_tool("fio")
     uri = nbd_server(sparse_file(tmp_path / "disk.img", JOBS * PER_JOB)).uri("disk")
     report = _fio(uri, tmp_path, "--rw=randwrite", "--bsrange=4k-64k", "--bs_unaligned=0")
     _check_jobs(report, "write")
@@ -46,7 +44,6 @@ def test_fio_random_write_then_verify(nbd_server, tmp_path: Path) -> None:
 def test_fio_verify_only_pass_after_sequential_write(nbd_server, tmp_path: Path) -> None:
     """Write with one run, verify with a second run on new connections; then corrupt
     one block behind the server's back and check that fio notices."""
-    require_tool("fio")
     path = sparse_file(tmp_path / "disk.img", JOBS * PER_JOB)
     uri = nbd_server(path).uri("disk")
     _check_jobs(_fio(uri, tmp_path, "--rw=write", "--bs=1M", "--do_verify=0"), "write")

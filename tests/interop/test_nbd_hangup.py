@@ -14,7 +14,6 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import require_libnbd
 from nbd_helpers import MiB, sparse_file, write_at
 
 pytestmark = pytest.mark.interop
@@ -78,8 +77,7 @@ def _check_served(nbd, h, uri: str, head: bytes) -> None:  # type: ignore[no-unt
     fresh.shutdown()
 
 
-def test_libnbd_closes_with_large_reads_in_flight(nbd_server, disk) -> None:
-    nbd = require_libnbd()
+def test_libnbd_closes_with_large_reads_in_flight(nbd, nbd_server, disk) -> None:
     path, head = disk
     server = nbd_server(path)
     uri = server.uri("disk")
@@ -99,9 +97,8 @@ def test_libnbd_closes_with_large_reads_in_flight(nbd_server, disk) -> None:
     assert "Traceback" not in server.log()
 
 
-def test_raw_client_resets_mid_request(nbd_server, disk) -> None:
+def test_raw_client_resets_mid_request(nbd, nbd_server, disk) -> None:
     """RST with many reads queued, and RST halfway through a write's payload."""
-    nbd = require_libnbd()
     path, head = disk
     server = nbd_server(path)
     good = nbd.NBD()

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import require_libnbd
 from nbd_helpers import MiB, read_at, sparse_file, write_at
 
 pytestmark = pytest.mark.interop
@@ -30,8 +29,7 @@ def _wait_all(h, cookies: list[int]) -> None:  # type: ignore[no-untyped-def]
         assert h.aio_command_completed(cookie) is True
 
 
-def test_64_pipelined_writes_then_reads(nbd_server, tmp_path: Path) -> None:
-    nbd = require_libnbd()
+def test_64_pipelined_writes_then_reads(nbd, nbd_server, tmp_path: Path) -> None:
     path = sparse_file(tmp_path / "disk.img", SIZE)
     h = _connect(nbd, nbd_server(path).uri("disk"))
     blocks = [os.urandom(BLOCK) for _ in range(DEPTH)]
@@ -49,9 +47,8 @@ def test_64_pipelined_writes_then_reads(nbd_server, tmp_path: Path) -> None:
     assert [read_at(path, off, BLOCK) == b for b, off in pairs] == [True] * DEPTH
 
 
-def test_pipelined_mixed_reads_and_writes(nbd_server, tmp_path: Path) -> None:
+def test_pipelined_mixed_reads_and_writes(nbd, nbd_server, tmp_path: Path) -> None:
     """Reads of old data interleaved with writes to other blocks, all in flight at once."""
-    nbd = require_libnbd()
     path = sparse_file(tmp_path / "disk.img", SIZE)
     old = os.urandom(DEPTH * BLOCK)
     write_at(path, 0, old)
@@ -102,8 +99,7 @@ def _merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def test_block_status_after_writes_and_trims(nbd_server, tmp_path: Path) -> None:
-    nbd = require_libnbd()
+def test_block_status_after_writes_and_trims(nbd, nbd_server, tmp_path: Path) -> None:
     path = sparse_file(tmp_path / "disk.img", SIZE)
     write_at(path, 16 * MiB, os.urandom(8 * MiB))
     h = _connect(nbd, nbd_server(path).uri("disk"))

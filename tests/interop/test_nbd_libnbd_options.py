@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import require_libnbd
 from nbd_helpers import MiB, sparse_file, write_at
 
 pytestmark = pytest.mark.interop
@@ -27,8 +26,7 @@ def _opt_handle(nbd, server):  # type: ignore[no-untyped-def]
     return h
 
 
-def test_opt_list(two_exports) -> None:
-    nbd = require_libnbd()
+def test_opt_list(nbd, two_exports) -> None:
     h = _opt_handle(nbd, two_exports)
     seen: list[tuple[str, str]] = []
     count = h.opt_list(lambda name, description: seen.append((name, description)) or 0)
@@ -38,8 +36,7 @@ def test_opt_list(two_exports) -> None:
     assert h.aio_is_closed()
 
 
-def test_opt_info_then_unknown_then_go(two_exports) -> None:
-    nbd = require_libnbd()
+def test_opt_info_then_unknown_then_go(nbd, two_exports) -> None:
     h = _opt_handle(nbd, two_exports)
     h.set_export_name("alpha")
     h.opt_info()
@@ -59,8 +56,7 @@ def test_opt_info_then_unknown_then_go(two_exports) -> None:
     h.shutdown()
 
 
-def test_opt_list_meta_context(two_exports) -> None:
-    nbd = require_libnbd()
+def test_opt_list_meta_context(nbd, two_exports) -> None:
     h = _opt_handle(nbd, two_exports)
     h.set_export_name("beta")
     found: list[str] = []
@@ -85,8 +81,7 @@ def test_opt_list_meta_context(two_exports) -> None:
     h.shutdown()
 
 
-def test_default_export_and_read_only(nbd_server, tmp_path: Path) -> None:
-    nbd = require_libnbd()
+def test_default_export_and_read_only(nbd, nbd_server, tmp_path: Path) -> None:
     path = sparse_file(tmp_path / "only.img", 2 * MiB)
     write_at(path, MiB, b"hello")
     server = nbd_server(path, read_only=True)

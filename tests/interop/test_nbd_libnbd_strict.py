@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import require_libnbd
 from nbd_helpers import MiB, fill_file, read_at, write_at
 
 pytestmark = pytest.mark.interop
@@ -52,8 +51,7 @@ def _still_usable(h) -> None:  # type: ignore[no-untyped-def]
     assert h.aio_is_ready()
 
 
-def test_read_past_the_end_is_einval(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_read_past_the_end_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.pread(4096, SIZE - 2048)) == errno.EINVAL
     assert _errno_of(nbd, lambda: h.pread(512, SIZE + MiB)) == errno.EINVAL
@@ -61,8 +59,7 @@ def test_read_past_the_end_is_einval(nbd_server, export_path: Path) -> None:
     _still_usable(h)
 
 
-def test_write_past_the_end_is_enospc(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_write_past_the_end_is_enospc(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.pwrite(b"\x01" * 4096, SIZE - 2048)) == errno.ENOSPC
     assert _errno_of(nbd, lambda: h.zero(4096, SIZE - 2048)) == errno.ENOSPC
@@ -72,8 +69,7 @@ def test_write_past_the_end_is_enospc(nbd_server, export_path: Path) -> None:
     assert os.path.getsize(export_path) == SIZE
 
 
-def test_writes_to_read_only_export_are_eperm(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_writes_to_read_only_export_are_eperm(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path, read_only=True).uri("disk"))
     assert h.is_read_only()
     assert _errno_of(nbd, lambda: h.pwrite(b"\x01" * 512, 0)) == errno.EPERM
@@ -86,8 +82,7 @@ def test_writes_to_read_only_export_are_eperm(nbd_server, export_path: Path) -> 
 
 
 @pytest.mark.xfail(strict=True, reason=TRIM_RO_BUG)
-def test_trim_on_read_only_export_is_eperm(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_trim_on_read_only_export_is_eperm(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path, read_only=True).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.trim(MiB, 0))
     _still_usable(h)
@@ -95,8 +90,7 @@ def test_trim_on_read_only_export_is_eperm(nbd_server, export_path: Path) -> Non
 
 
 @pytest.mark.xfail(strict=True, reason=TRIM_END_BUG)
-def test_trim_past_the_end_is_einval(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_trim_past_the_end_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.trim(MiB, SIZE - 4096))
     _still_usable(h)
@@ -109,16 +103,14 @@ def test_trim_past_the_end_is_einval(nbd_server, export_path: Path) -> None:
     pytest.param(0x100, marks=pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)),
     pytest.param(0x8000, marks=pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)),
 ], ids=hex)
-def test_unknown_read_flag_is_einval(nbd_server, export_path: Path, flag: int) -> None:
-    nbd = require_libnbd()
+def test_unknown_read_flag_is_einval(nbd, nbd_server, export_path: Path, flag: int) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.pread(512, 0, flag)) == errno.EINVAL
     _still_usable(h)
 
 
-def test_write_with_unknown_flag_is_refused_and_not_applied(nbd_server,
+def test_write_with_unknown_flag_is_refused_and_not_applied(nbd, nbd_server,
                                                             export_path: Path) -> None:
-    nbd = require_libnbd()
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.pwrite(b"\x01" * 4096, MiB, 0x200))
     h.shutdown()
@@ -128,8 +120,7 @@ def test_write_with_unknown_flag_is_refused_and_not_applied(nbd_server,
 
 @pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)
 def test_write_zeroes_with_unknown_flag_is_refused_and_not_applied(
-        nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+        nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.zero(4096, MiB, 0x200))
     h.shutdown()
@@ -138,21 +129,18 @@ def test_write_zeroes_with_unknown_flag_is_refused_and_not_applied(
 
 
 @pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)
-def test_block_status_with_unknown_flag_is_einval(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_block_status_with_unknown_flag_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.block_status(MiB, 0, lambda *a: 0, 0x400)) == errno.EINVAL
 
 
-def test_zero_length_block_status_is_einval(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_zero_length_block_status_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.block_status(0, 0, lambda *args: 0)) == errno.EINVAL
     _still_usable(h)
 
 
-def test_oversized_read_and_write_are_einval(nbd_server, export_path: Path) -> None:
-    nbd = require_libnbd()
+def test_oversized_read_and_write_are_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert h.get_block_size(nbd.SIZE_MAXIMUM) == MAX_BLOCK
     assert _errno_of(nbd, lambda: h.pread(MAX_BLOCK + 4096, 0)) == errno.EINVAL

@@ -12,10 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from nbd_helpers import MiB, data_ranges, fill_file, run, sha256_file, sparse_file, write_at
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.peers("nbdcopy")]
 
 CHUNK = 16 * MiB
 CHUNKS = 18  # 288 MiB in all, 192 MiB of it random data
@@ -42,7 +41,6 @@ def _is_hole(path: Path, offset: int, length: int) -> bool:
 
 
 def test_nbdcopy_round_trip(nbd_server, tmp_path: Path) -> None:
-    require_tool("nbdcopy")
     src, dst, back = tmp_path / "src.img", tmp_path / "dst.img", tmp_path / "back.img"
     holes = _make_source(src)
     fill_file(dst, SIZE, 0xEE)

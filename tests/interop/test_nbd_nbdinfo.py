@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_libnbd, require_tool
 from nbd_helpers import MiB, data_ranges, run, sparse_file, write_at
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.peers("nbdinfo")]
 
 SIZE = 16 * MiB
 # What a writable raw file on a local filesystem must advertise (True = exit 0).
@@ -30,7 +29,6 @@ def _can(uri: str, what: str) -> bool:
 
 
 def test_list_shows_every_export(nbd_server, tmp_path: Path) -> None:
-    require_tool("nbdinfo")
     a = sparse_file(tmp_path / "alpha.img", SIZE)
     b = sparse_file(tmp_path / "beta.img", 3 * MiB)
     server = nbd_server(a, b)
@@ -44,7 +42,6 @@ def test_list_shows_every_export(nbd_server, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
 def test_can_flags_match_the_export(nbd_server, tmp_path: Path, read_only: bool) -> None:
-    require_tool("nbdinfo")
     server = nbd_server(sparse_file(tmp_path / "disk.img", SIZE), read_only=read_only)
     uri = server.uri("disk")
     expected = READ_ONLY_CAN if read_only else WRITABLE_CAN
@@ -69,9 +66,7 @@ def _merge(extents: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
     return out
 
 
-def test_map_follows_writes_trims_and_zeroes(nbd_server, tmp_path: Path) -> None:
-    require_tool("nbdinfo")
-    nbd = require_libnbd()
+def test_map_follows_writes_trims_and_zeroes(nbd, nbd_server, tmp_path: Path) -> None:
     path = sparse_file(tmp_path / "disk.img", SIZE)
     write_at(path, 8 * MiB, b"\x5a" * (4 * MiB))  # data already there before serving
     server = nbd_server(path)
@@ -93,7 +88,6 @@ def test_map_follows_writes_trims_and_zeroes(nbd_server, tmp_path: Path) -> None
 
 
 def test_map_of_read_only_export_and_content(nbd_server, tmp_path: Path) -> None:
-    require_tool("nbdinfo")
     path = sparse_file(tmp_path / "ro.img", SIZE)
     write_at(path, 3 * MiB, b"x" * 4096)
     server = nbd_server(path, read_only=True)

@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from nbd_helpers import MiB, fill_file, run, sha256_file, sparse_file, write_at
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.peers("qemu-img", "qemu-io")]
 
 SIZE = 64 * MiB
 
@@ -25,7 +24,6 @@ def _source(path: Path) -> Path:
 
 
 def test_convert_into_export_and_compare(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-img")
     src = _source(tmp_path / "src.img")
     dst = fill_file(tmp_path / "dst.img", SIZE, 0xEE)
     uri = nbd_server(dst).uri("dst")
@@ -35,7 +33,6 @@ def test_convert_into_export_and_compare(nbd_server, tmp_path: Path) -> None:
 
 
 def test_convert_out_of_export_to_qcow2(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-img")
     src = _source(tmp_path / "src.img")
     uri = nbd_server(src, read_only=True).uri("src")
     out = tmp_path / "out.qcow2"
@@ -52,7 +49,6 @@ def test_convert_out_of_export_to_qcow2(nbd_server, tmp_path: Path) -> None:
 
 
 def test_compare_notices_a_difference(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-img")
     src = _source(tmp_path / "src.img")
     copy = tmp_path / "copy.img"
     copy.write_bytes(src.read_bytes())
@@ -65,7 +61,6 @@ def test_compare_notices_a_difference(nbd_server, tmp_path: Path) -> None:
 
 
 def test_info_and_map(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-img")
     src = _source(tmp_path / "src.img")
     uri = nbd_server(src).uri("src")
     info = json.loads(run(["qemu-img", "info", "--output=json", uri]).stdout)

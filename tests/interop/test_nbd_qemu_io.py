@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from nbd_helpers import MiB, data_ranges, fill_file, read_at, run, sparse_file
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.peers("qemu-io")]
 
 SIZE = 8 * MiB
 K = 1024
@@ -26,7 +25,6 @@ def _qemu_io(uri: str, *commands: str, check: bool = True):  # type: ignore[no-u
 
 
 def test_pattern_writes_and_reads(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-io")
     path = sparse_file(tmp_path / "disk.img", SIZE)
     uri = nbd_server(path).uri("disk")
     _qemu_io(uri, "write -P 0xab 0 1M", "write -P 0xcd 1M 64k", "write -P 0x77 4097 1000",
@@ -41,7 +39,6 @@ def test_pattern_writes_and_reads(nbd_server, tmp_path: Path) -> None:
 
 def test_wrong_pattern_is_detected(nbd_server, tmp_path: Path) -> None:
     """The negative control: qemu-io must notice a read that disagrees."""
-    require_tool("qemu-io")
     uri = nbd_server(fill_file(tmp_path / "disk.img", SIZE, 0x42)).uri("disk")
     _qemu_io(uri, "read -P 0x42 0 8M")
     res = _qemu_io(uri, "read -P 0x43 0 4k", check=False)
@@ -50,7 +47,6 @@ def test_wrong_pattern_is_detected(nbd_server, tmp_path: Path) -> None:
 
 
 def test_write_zeroes_discard_fua_flush(nbd_server, tmp_path: Path) -> None:
-    require_tool("qemu-io")
     path = fill_file(tmp_path / "disk.img", SIZE, 0xee)
     uri = nbd_server(path).uri("disk")
     _qemu_io(uri, "write -z 512k 64k", "write -z -u 1M 1M", "discard 2M 1M",
@@ -68,7 +64,6 @@ def test_write_zeroes_discard_fua_flush(nbd_server, tmp_path: Path) -> None:
 
 def test_read_only_export(nbd_server, tmp_path: Path) -> None:
     """qemu sees the read-only flag: a read-write open is refused, -r reads work."""
-    require_tool("qemu-io")
     path = fill_file(tmp_path / "disk.img", SIZE, 0x42)
     uri = nbd_server(path, read_only=True).uri("disk")
     run(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0x42 0 8M", uri])
