@@ -18,14 +18,16 @@ Cmd = c.Cmd
 _FUA = int(F.FUA)
 
 # cmd: (allowed command flags, transmission flag needed, writes?, bounded by max block?)
+# Plain ints on purpose: ``~`` of an IntFlag keeps only the defined bits, so
+# ``flags & ~allowed`` would miss unknown flags in bits 6..15.
 RULES: dict[int, tuple[int, int, bool, bool]] = {
-    Cmd.READ: (_FUA | F.DF, 0, False, True),
+    Cmd.READ: (int(_FUA | F.DF), 0, False, True),
     Cmd.WRITE: (_FUA, 0, True, True),
     Cmd.FLUSH: (_FUA, TF.SEND_FLUSH, False, False),
     Cmd.TRIM: (_FUA, TF.SEND_TRIM, True, False),
     Cmd.CACHE: (_FUA, TF.SEND_CACHE, False, True),
-    Cmd.WRITE_ZEROES: (_FUA | F.NO_HOLE | F.FAST_ZERO, TF.SEND_WRITE_ZEROES, True, True),
-    Cmd.BLOCK_STATUS: (_FUA | F.REQ_ONE, 0, False, False),
+    Cmd.WRITE_ZEROES: (int(_FUA | F.NO_HOLE | F.FAST_ZERO), TF.SEND_WRITE_ZEROES, True, True),
+    Cmd.BLOCK_STATUS: (int(_FUA | F.REQ_ONE), 0, False, False),
 }
 
 # A command flag that needs a transmission flag besides the command's own.

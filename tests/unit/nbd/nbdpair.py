@@ -99,7 +99,7 @@ class DiskApp:
             data = bytes(disk.data[req.offset:end])
             if not structured:
                 return replies.read_simple(req.cookie, data)
-            if self.sparse:
+            if self.sparse and not req.flags & c.CmdFlag.DF:
                 return replies.read_sparse(req.cookie, _pieces(req.offset, data))
             return replies.read_structured(req.cookie, req.offset, data)
         if req.cmd == Cmd.WRITE:
