@@ -117,3 +117,24 @@ def test_block_status_after_writes_and_trims(nbd, nbd_server, tmp_path: Path) ->
     one = _status(h, SIZE, 0, nbd.CMD_FLAG_REQ_ONE)
     assert one == [(2 * MiB, hole)]
     h.shutdown()
+
+
+def test_two_connections_see_each_others_writes(nbd, nbd_server, tmp_path: Path) -> None:
+    """multi-conn is advertised: after a flush on either connection, both read the same."""
+    path = sparse_file(tmp_path / "disk.img", SIZE)
+    uri = nbd_server(path).uri("disk")
+    a, b = _connect(nbd, uri), _connect(nbd, uri)
+    assert a.can_multi_conn() and b.can_multi_conn()
+    blocks = [os.urandom(BLOCK) for _ in range(DEPTH)]
+    cookies: dict[int, list[int]] = {0: [], 1: []}
+    for i, data in enumerate(blocks):  # interleaved: even blocks via a, odd via b
+        h = (a, b)[i % 2]
+        cookies[i % 2].append(h.aio_pwrite(nbd.Buffer.from_bytearray(data), i * BLOCK))
+    _wait_all(a, cookies[0])
+    _wait_all(b, cookies[1])
+    a.flush()
+    want = b"".join(blocks)
+    assert b.pread(DEPTH * BLOCK, 0) == want
+    assert a.pread(DEPTH * BLOCK, 0) == want
+    a.shutdown()
+    b.shutdown()
