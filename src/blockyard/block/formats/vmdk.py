@@ -229,7 +229,7 @@ class VmdkImage(ImageLayer):
         return await compact_image(self, progress)
 
     async def resize(self, new_size: int, force: bool = False) -> None:
-        from blockyard.block.formats.vmdk_maint import resize_image
+        from blockyard.block.formats.vmdk_resize import resize_image
 
         if self.read_only:
             raise MediaError(f"{self.path}: opened read-only, cannot resize")

@@ -289,19 +289,26 @@ class SparseExtent(VmdkExtent):
             await self._allocate(g, within, memoryview(bytes(n)))
 
     async def _zero_grain(self, g: int) -> None:
+        """A whole grain reads zeros from now on (§2.3).
+
+        Zeroed-grain GTE (1) where the header allows it; else in a base image
+        GTE 0 (unallocated reads zeros); else (a child, which must keep masking
+        its parent) a grain of zeros.  A grain no longer named is released.
+        """
         async with self.lock:
             v = self.gte(g)
-            if self.h.zero_grain:
-                if self.is_data(v) or (v == 0 and self.backing is not None):
-                    self._set_gte(g, GTE_ZEROED)
-                    if self.is_data(v):
-                        await self._release(v * SECTOR)
-            elif self.is_data(v):
-                assert self.raw is not None
+            if (v == GTE_ZEROED and self.h.zero_grain) or (v == 0 and self.backing is None):
+                return  # reads zeros already
+            if self.h.zero_grain or self.backing is None:
+                self._set_gte(g, GTE_ZEROED if self.h.zero_grain else 0)
+                if self.is_data(v):
+                    await self._release(v * SECTOR)
+                return
+            assert self.raw is not None
+            if self.is_data(v):
                 await self.raw._zero(v * SECTOR, self.grain, True, False, False)
             elif self.backing is not None:
                 fo = self._place_grain(g)
-                assert self.raw is not None
                 await self.raw._pwrite(fo, bytes(self.grain), False)
                 self._set_gte(g, fo // SECTOR)
 
