@@ -38,150 +38,28 @@ Without a parent, reading an unallocated block raises EIO.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import os
 import uuid
 from array import array
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from blockyard.block.formats import vdi_layout as L
-from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Progress
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, Layer
+from blockyard.block.formats import vdi_maint
+from blockyard.block.formats.base import CheckReport, ImageInfo, Progress
+from blockyard.block.formats.vdi_vhd_common import (
+    MappedImage,
+    is_zero,
+    plan_moves,
+    preallocate,
+    zeros,
+)
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
 from blockyard.block.raw import RawFile
-from blockyard.errors import BlockError, MediaError
-from blockyard.util import fallocate as fa
+from blockyard.errors import MediaError
 from blockyard.util.aio import run_blocking
 
 MOVES_PER_FLUSH = 64
-_ZEROS = bytes(1 << 20)
-
-
-def is_zero(buf: Buffer) -> bool:
-    n = len(buf)
-    zeros = _ZEROS if n <= len(_ZEROS) else bytes(n)
-    return bytes(buf) == zeros[:n] if isinstance(buf, memoryview) else buf == zeros[:n]
-
-
-class IoGate:
-    """Lock-free data I/O runs concurrently; ``exclusive()`` waits it out and holds it off.
-
-    Block moves (squeeze, compact) and slot frees use it so that no read or
-    write is in flight on a slot whose meaning changes.
-    """
-
-    def __init__(self) -> None:
-        self.busy = 0
-        self._open = asyncio.Event()
-        self._open.set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def enter(self) -> None:
-        while not self._open.is_set():
-            await self._open.wait()
-        self.busy += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.busy -= 1
-        if not self.busy:
-            self._idle.set()
-
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        while not self._open.is_set():  # another exclusive holder
-            await self._open.wait()
-        self._open.clear()
-        try:
-            await self._idle.wait()
-            yield
-        finally:
-            self._open.set()
-
-
-class MappedImage(ImageLayer):
-    """What the block-mapped drivers share (VDI here, VHD in vhd.py)."""
-
-    block_size: int
-    parent: Layer | None = None  # differencing hook: a chain layer attaches the parent
-    is_diff = False
-    dirty = False
-
-    def _setup(self, path: str, file: RawFile) -> None:
-        self.path = path
-        self.file = file
-        self.read_only = file.read_only
-        self._lock = asyncio.Lock()
-        self._gate = IoGate()
-
-    @property
-    def can_flush(self) -> bool:
-        return True
-
-    @property
-    def can_fua(self) -> bool:
-        return True
-
-    @property
-    def can_trim(self) -> bool:
-        return not self.read_only
-
-    @property
-    def can_multi_conn(self) -> bool:
-        return True
-
-    @property
-    def can_extents(self) -> bool:
-        return True
-
-    def pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
-        """Split a request into (block, offset in block, length) pieces."""
-        bs = self.block_size
-        end = offset + length
-        while offset < end:
-            block, inner = divmod(offset, bs)
-            n = min(bs - inner, end - offset)
-            yield block, inner, n
-            offset += n
-
-    async def _read_parent(self, offset: int, length: int) -> Buffer:
-        if self.parent is None:
-            raise BlockError(errno.EIO, f"{self.path}: differencing image has no parent attached")
-        end = min(offset + length, self.parent.size)
-        data = await self.parent.pread(offset, max(0, end - offset)) if end > offset else b""
-        return data if len(data) == length else bytes(data) + bytes(length - len(data))
-
-    async def _flush(self) -> None:
-        async with self._lock:
-            await self._publish()
-
-    async def _publish(self) -> None:
-        raise NotImplementedError
-
-    async def _cache(self, offset: int, length: int) -> None:
-        return None
-
-    async def _close(self) -> None:
-        if self.file.fd < 0:
-            return
-        try:
-            if not self.read_only:
-                await self._flush()
-        finally:
-            await self.file.close()
-
-    def _close_now(self) -> None:
-        if self.file.fd >= 0:
-            os.close(self.file.fd)
-            self.file.fd = -1
-
-    def _allocated_bytes(self) -> int:
-        return os.fstat(self.file.fd).st_blocks * 512
-
-
+T = TypeVar("T")
 class VdiImage(MappedImage):
     format_name = "vdi"
 
@@ -212,13 +90,7 @@ class VdiImage(MappedImage):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> VdiImage:
-        p = os.fspath(path)
-        file = RawFile(p, read_only=read_only)
-        try:
-            header, bmap, scan = L.read_image(file.fd, p)
-        except BaseException:
-            os.close(file.fd)
-            raise
+        p, file, (header, bmap, scan) = cls.open_file(path, read_only, L.read_image)
         img = cls(p, file, header, bmap, scan)
         img.dirty = L.unclean(header, scan)
         if img.dirty and not read_only:
@@ -228,49 +100,27 @@ class VdiImage(MappedImage):
     @classmethod
     def create(cls, path: str | os.PathLike[str], size: int, *, variant: str = "dynamic",
                **opts: Any) -> VdiImage:
-        p = os.fspath(path)
         block_size = int(opts.pop("block_size", L.DEFAULT_BLOCK_SIZE))
         problem = _create_problem(size, variant, block_size, opts)
         if problem:
-            raise MediaError(f"{p}: {problem}")
+            raise MediaError(f"{os.fspath(path)}: {problem}")
         h = L.new_header(-(-size // 512) * 512, block_size, variant == "fixed")
         bmap = array("I", range(h.blocks_total) if h.image_type == L.TYPE_FIXED
                      else [L.BLOCK_FREE] * h.blocks_total)
-        try:
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except FileExistsError:
-            raise MediaError(f"{p}: already exists") from None
-        except OSError as exc:
-            raise MediaError(f"{p}: cannot create: {exc.strerror}") from None
-        try:
+
+        def write(fd: int) -> None:
             os.ftruncate(fd, h.offset_data)
             L.write_header(fd, h)
             os.pwrite(fd, L.dump_map(bmap), h.offset_blocks)
             if h.image_type == L.TYPE_FIXED:
-                _preallocate(fd, h.offset_data, h.blocks_total * h.stride)
-            os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            os.unlink(p)
-            raise MediaError(f"{p}: cannot create: {exc.strerror}") from None
-        os.close(fd)
-        return cls.open(p)
+                preallocate(fd, h.offset_data, h.blocks_total * h.stride)
+
+        return cls.open(cls.new_file(path, write))
 
     # ---- data path ---------------------------------------------------------------
     def _where(self, block: int) -> int | None:
         slot = self.bmap[block]
         return None if slot >= L.BLOCK_ZERO else self.h.slot_offset(slot)
-
-    async def _pread(self, offset: int, length: int) -> Buffer:
-        bs = self.block_size
-        if offset % bs + length <= bs:
-            return await self._read_piece(offset // bs, offset % bs, length)
-        out = bytearray(length)
-        pos = 0
-        for block, inner, n in self.pieces(offset, length):
-            out[pos:pos + n] = await self._read_piece(block, inner, n)
-            pos += n
-        return out
 
     async def _read_piece(self, block: int, inner: int, n: int) -> Buffer:
         await self._gate.enter()
@@ -340,8 +190,7 @@ class VdiImage(MappedImage):
         """
         if self.is_diff and self.bmap[block] == L.BLOCK_FREE:
             return await self._read_parent(block * self.block_size, self.block_size)
-        return _ZEROS[:self.block_size] if self.block_size <= len(_ZEROS) else bytes(
-            self.block_size)
+        return zeros(self.block_size)
 
     async def _take_slot(self) -> int:
         """Lowest durable hole, else the append slot (§1.3); the lock is held."""
@@ -409,12 +258,6 @@ class VdiImage(MappedImage):
                 if slot != L.BLOCK_ZERO and (slot < L.BLOCK_ZERO or self.is_diff):
                     self._set_entry(block, L.BLOCK_ZERO)
 
-    def _punch(self, offset: int, length: int) -> None:
-        try:
-            fa.punch_hole(self.file.fd, offset, length)
-        except OSError:
-            pass  # space is reclaimed by the move at the next flush anyway
-
     async def _extents(self, offset: int, length: int) -> list[Extent]:
         out: list[Extent] = []
         for count, (block, _inner, n) in enumerate(self.pieces(offset, length)):
@@ -467,7 +310,7 @@ class VdiImage(MappedImage):
     def _squeeze_sync(self, limit: int | None) -> None:
         """Move the last blocks into free slots, publish, truncate (gate closed, lock held)."""
         rev = {slot: blk for blk, slot in enumerate(self.bmap) if slot < L.BLOCK_ZERO}
-        moves = L.plan_moves(list(rev), self._holes)[:limit]
+        moves = plan_moves(list(rev), self._holes)[:limit]
         if moves:
             L.copy_slots(self.file.fd, self.h, moves)
             os.fdatasync(self.file.fd)  # the copies are durable before the map names them
@@ -483,154 +326,18 @@ class VdiImage(MappedImage):
         self._write_meta_sync()
         L.truncate_to(self.file.fd, self.h, self._next_slot)
 
-    # ---- maintenance ------------------------------------------------------------------
+    # ---- maintenance: vdi_maint.py -----------------------------------------------------
     def info(self) -> ImageInfo:
-        h = self.h
-        link = h.uuid_link if h.uuid_link != L.NULL_UUID else None
-        return ImageInfo(
-            self.path, "vdi", L.TYPE_NAMES[h.image_type], self.size, self._allocated_bytes(),
-            uuid=str(h.uuid_image), modification_uuid=str(h.uuid_modification),
-            parent_uuid=str(link) if link else None, geometry=self._geometry(),
-            block_size=h.block_size, dirty=self.dirty,
-            extra={"header_size": h.header_size, "blocks_total": h.blocks_total,
-                   "blocks_allocated": self._next_slot, "block_extra": h.block_extra,
-                   "parent_modification_uuid": str(h.uuid_parent_modification) if link else None,
-                   "comment": h.comment.split(b"\0", 1)[0].decode("utf-8", "replace")})
-
-    def _geometry(self) -> tuple[int, int, int]:
-        lchs = self.h.lchs
-        if lchs and lchs["cylinders"] and lchs["heads"] and lchs["sectors"]:
-            return lchs["cylinders"], lchs["heads"], lchs["sectors"]
-        return min(16383, self.size // 512 // (16 * 63)), 16, 63  # §6.1 default
+        return vdi_maint.info(self)
 
     def check(self, repair: bool = False) -> CheckReport:
-        """Scan header and map as they are on disk (unflushed metadata is published first)."""
-        if not self.read_only and self._meta_dirty():
-            self._publish_sync()
-        report = CheckReport(self.path)
-        found = self._findings(report)
-        if not found or not repair:
-            return report
-        if self.read_only:
-            report.errors.append("opened read-only: nothing repaired")
-            return report
-        self._squeeze_sync(None)  # fixes the counter, fills unused slots, drops the tail
-        after = CheckReport(self.path)
-        self._findings(after)
-        report.errors, report.leaks = after.errors, after.leaks
-        report.repaired = [f for f in found if f not in after.errors + after.leaks]
-        return report
-
-    def _findings(self, report: CheckReport) -> list[str]:
-        try:
-            h, bmap, scan = L.read_image(self.file.fd, self.path)
-        except MediaError as exc:
-            report.errors.append(str(exc))
-            return []
-        if scan.referenced != h.blocks_allocated and not self.fixed:  # as qemu-img check
-            report.errors.append(f"blocks-allocated counter is {h.blocks_allocated}, "
-                                 f"the map references {scan.referenced} blocks")
-        if scan.holes:
-            report.leaks.append(f"{len(scan.holes)} block slot(s) in the file used by no block")
-        if scan.tail_bytes:
-            report.leaks.append(f"{scan.tail_bytes} bytes past the last block slot")
-        self._load_state(h, bmap, scan)
-        return report.errors + report.leaks
+        return vdi_maint.check(self, repair)
 
     async def compact(self, progress: Progress | None = None) -> int:
-        """Free every all-zero block, then move blocks down and truncate (§1.3)."""
-        if self.read_only or self.fixed:
-            kind = "read-only" if self.read_only else "fixed"
-            raise MediaError(f"{self.path}: cannot compact a {kind} VDI image")
-        before = self._allocated_bytes()
-        total = self.h.blocks_total
-        for block in range(total):
-            if self.bmap[block] < L.BLOCK_ZERO:
-                await self._drop_if_zero(block)
-            if progress:
-                progress(block + 1, total)
-        async with self._lock:
-            await run_blocking(self._publish_sync)
-            async with self._gate.exclusive():
-                await run_blocking(self._squeeze_sync, None)
-        return max(0, before - self._allocated_bytes())
-
-    async def _drop_if_zero(self, block: int) -> None:
-        async with self._lock, self._gate.exclusive():
-            where = self._where(block)
-            if where is None or not is_zero(await self.file._pread(where, self.block_size)):
-                return
-            self._pending.append(self.bmap[block])
-            self._set_entry(block, L.BLOCK_ZERO if self.is_diff else L.BLOCK_FREE)
-            self._punch(where, self.block_size)
+        return await vdi_maint.compact(self, progress)
 
     async def resize(self, new_size: int, force: bool = False) -> None:
-        if self.read_only or self.fixed or self.is_diff:
-            kind = "read-only" if self.read_only else L.TYPE_NAMES[self.h.image_type]
-            raise MediaError(f"{self.path}: cannot resize a {kind} VDI image")
-        new_size = -(-new_size // 512) * 512
-        total = -(-new_size // self.block_size)
-        if new_size <= 0 or total > L.MAX_BLOCKS:
-            raise MediaError(f"{self.path}: cannot resize a VDI image to {new_size} bytes")
-        async with self._lock, self._gate.exclusive():
-            await run_blocking(self._resize_sync, new_size, total, force)
-
-    def _resize_sync(self, new_size: int, total: int, force: bool) -> None:
-        h = self.h
-        dropped = [b for b in range(total, h.blocks_total) if self.bmap[b] < L.BLOCK_ZERO]
-        if dropped and not force:
-            raise MediaError(f"{self.path}: shrinking to {new_size} bytes drops "
-                             f"{len(dropped)} allocated block(s); use force")
-        self._zero_past(min(new_size, self.size))
-        self._publish_sync()
-        if total > (h.offset_data - h.offset_blocks) // 4:
-            self._move_map_sync(total)
-        self._pending += [self.bmap[b] for b in dropped]
-        if total < h.blocks_total:
-            del self.bmap[total:]
-        grown = range(h.blocks_total, total)
-        self.bmap.extend([L.BLOCK_FREE] * len(grown))
-        self._dirty_sectors |= {b // L.MAP_SECTOR_ENTRIES for b in grown}
-        self._write_meta_sync()  # new entries read "free" before the header counts them
-        h.disk_size, h.blocks_total = new_size, total
-        self._header_dirty = True
-        self._publish_sync()
-        self._squeeze_sync(None)
-        self.size = new_size
-
-    def _zero_past(self, size: int) -> None:
-        """Zero the rest of the block holding ``size`` so a later grow reads zeros."""
-        block, inner = divmod(size, self.block_size)
-        if inner and block < len(self.bmap) and self.bmap[block] < L.BLOCK_ZERO:
-            n = self.block_size - inner
-            os.pwrite(self.file.fd, bytes(n), self.h.slot_offset(self.bmap[block]) + inner)
-
-    def _move_map_sync(self, total: int) -> None:
-        """Make room for a longer map: move it into the first data slots (crash safe).
-
-        The first k slots are copied to the end and published (old layout), the
-        new map is written into the space they left, and one header write
-        switches to the new layout: offset_data grows by k slots, slot numbers
-        shrink by k.
-        """
-        h = self.h
-        self._squeeze_sync(None)
-        k = -(-4 * total // h.stride)
-        n = self._next_slot
-        moves = [(s, max(n, k) + s) for s in range(min(k, n))]
-        rev = {slot: blk for blk, slot in enumerate(self.bmap) if slot < L.BLOCK_ZERO}
-        L.copy_slots(self.file.fd, h, moves)
-        os.fdatasync(self.file.fd)
-        for src, dst in moves:
-            self._set_entry(rev[src], dst)
-        self._next_slot = h.blocks_allocated = max(n, k) + min(k, n)
-        self._header_dirty = True
-        self._write_meta_sync()  # old layout again, slots 0..k-1 unused
-        h.offset_blocks, h.offset_data = h.offset_data, h.offset_data + k * h.stride
-        self.bmap = array("I", (s - k if s < L.BLOCK_ZERO else s for s in self.bmap))
-        self._next_slot = h.blocks_allocated = self._next_slot - k
-        self._dirty_sectors = set(range(-(-len(self.bmap) // L.MAP_SECTOR_ENTRIES)))
-        self._write_meta_sync()  # the header write switches layouts
+        await vdi_maint.resize(self, new_size, force)
 
 
 def _create_problem(size: int, variant: str, block_size: int, opts: dict[str, Any]) -> str | None:
@@ -645,10 +352,3 @@ def _create_problem(size: int, variant: str, block_size: int, opts: dict[str, An
     return None
 
 
-def _preallocate(fd: int, offset: int, length: int) -> None:
-    try:
-        os.posix_fallocate(fd, offset, length)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        os.ftruncate(fd, offset + length)

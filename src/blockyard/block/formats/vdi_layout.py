@@ -20,6 +20,7 @@ from typing import Any
 
 from construct import Adapter, Bytes, ConstructError, Int32ul, Int64ul, Struct
 
+from blockyard.block.formats.vdi_vhd_common import pread_exact
 from blockyard.errors import MediaError
 
 SIGNATURE = 0xBEDA107F  # §1.1, bytes 7F 10 DA BE at 0x40
@@ -259,29 +260,9 @@ def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def plan_moves(live: list[int], holes: list[int]) -> list[tuple[int, int]]:
-    """Pair the highest live positions with the lowest holes below them.
-
-    Positions are slot numbers (VDI) or byte offsets of equal-sized blocks
-    (VHD).  Moving a block into a hole never overlaps live data, so each move
-    is crash safe once the copy is synced before the map points at it.
-    """
-    moves: list[tuple[int, int]] = []
-    tops = sorted(live, reverse=True)
-    for hole, top in zip(sorted(holes), tops, strict=False):
-        if hole >= top:
-            break
-        moves.append((top, hole))
-    return moves
-
 
 # ---- synchronous file operations (open, publish, squeeze, check) -----------------
 MAP_SECTOR_ENTRIES = 128  # a 512-byte sector of the map holds 128 entries
-
-
-def pread_exact(fd: int, length: int, offset: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    return data + bytes(length - len(data))
 
 
 def read_image(fd: int, path: str) -> tuple[VdiHeader, array[int], MapScan]:
