@@ -173,12 +173,13 @@ class Fio:
 
 
 def run_fio(options: dict[str, Any], *, timeout: float | None = None,
-            cpus: set[int] | None = None) -> Fio:
-    """Run one fio job given as ``{option: value}`` (value None = bare flag)."""
+            cpus: set[int] | None = None, cwd: Path | None = None) -> Fio:
+    """Run one fio job given as ``{option: value}`` (value None = bare flag), in
+    ``cwd`` (fio may leave state files in its working directory)."""
     args = ["fio", "--output-format=json"]
     for key, value in options.items():
         args.append(f"--{key}" if value is None else f"--{key}={value}")
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                          stdin=subprocess.DEVNULL, preexec_fn=_pinned(cpus))
     if res.returncode != 0:
         raise RuntimeError(f"fio failed ({res.returncode}): {res.stderr.strip()}\n"

@@ -127,7 +127,7 @@ def bench_server(name: str, image: Path, fmt: str, args: argparse.Namespace,
             progress(f"{name}: {w.name} ...")
             try:
                 results[w.name] = run_fio(fio_options(w, server.uri, args), cpus=fio_cpus,
-                                          timeout=args.runtime + args.ramp + 60)
+                                          timeout=args.runtime + args.ramp + 60, cwd=logs)
             except RuntimeError as exc:
                 results[w.name] = f"failed: {exc}"
     finally:

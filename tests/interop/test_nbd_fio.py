@@ -18,8 +18,8 @@ def _fio(uri: str, tmp_path: Path, *args: str, check: bool = True) -> dict:  # t
     out = tmp_path / "fio.json"
     res = run(["fio", "--name=verify", "--ioengine=nbd", f"--uri={uri}", f"--numjobs={JOBS}",
          f"--size={PER_JOB}", f"--offset_increment={PER_JOB}", "--iodepth=16",
-         "--verify=crc32c", "--verify_fatal=1", "--group_reporting=0",
-         "--output-format=json", f"--output={out}", *args], timeout=240, check=check)
+         "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--group_reporting=0",
+         "--output-format=json", f"--output={out}", *args], timeout=240, check=check, cwd=tmp_path)
     report = json.loads(out.read_text())
     report["returncode"] = res.returncode
     return report  # type: ignore[no-any-return]
