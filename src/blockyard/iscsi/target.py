@@ -1,0 +1,451 @@
+"""The sans-IO iSCSI target connection (RFC 7143), one TCP connection = one session.
+
+Theory of operation.  The transport feeds received bytes with
+``receive_data`` (or ``get_buffer``/``buffer_updated``) and calls
+``next_event`` until it returns ``NEED_DATA``; every PDU is handled inside
+``next_event``.  What we send accumulates in a list of buffers that
+``data_to_send`` hands over (payloads are never joined).  The transport
+answers events: ``CommandReady`` -> ``complete_command``, ``TaskManagement``
+-> ``complete_tmf``, ``SessionClosing`` -> flush and close.  Time enters
+only through ``get_timer``/``handle_timer(now)`` (NOP-In pings).
+
+The connection state machine is the table ``_DISPATCH``, keyed by
+(state, opcode)::
+
+    state          PDU                 handler              next state
+    LOGIN          Login Request       _on_login            LOGIN, FULL_FEATURE or CLOSED
+    LOGIN          anything else       _invalid_in_login    CLOSED (0x020b, §6.3)
+    FULL_FEATURE   SCSI Command        _on_scsi_command     FULL_FEATURE
+    FULL_FEATURE   Data-Out            _on_data_out         FULL_FEATURE (CLOSED on a
+                                                            sequence error, ERL 0)
+    FULL_FEATURE   NOP-Out, Text, TMF  control.py           FULL_FEATURE
+    FULL_FEATURE   Logout Request      control.on_logout    LOGGED_OUT
+    FULL_FEATURE   SNACK / other       Reject 0x05 / 0x04   FULL_FEATURE
+    LOGGED_OUT     anything            ignored              LOGGED_OUT
+    CLOSED         -                   nothing more happens
+
+Numbering: non-immediate PDUs pass the CmdSN window (``cmdsn.py``: outside
+it they are dropped without an answer) and are handled in CmdSN order; SCSI
+tasks are delivered to the transport in CmdSN order once their Data-Out is
+complete (``tasks.py``), immediate ones as soon as they are complete.
+StatSN counts every status-bearing PDU of the connection (§4.2.2.2).
+Reads go out as Data-In PDUs no longer than the initiator's
+MaxRecvDataSegmentLength, in sequences of MaxBurstLength with the F bit,
+and the status rides on the last one when there is no sense data (phase
+collapse, §11.7.4); residual overflow/underflow follow §11.4.5.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from blockyard.errors import LocalProtocolError, RemoteProtocolError
+from blockyard.iscsi import control
+from blockyard.iscsi.cmdsn import CommandWindow
+from blockyard.iscsi.constants import (
+    DATA_IN_STATUS,
+    FINAL_BIT,
+    RESERVED_TAG,
+    RSP_OVERFLOW,
+    RSP_UNDERFLOW,
+    LoginStatus,
+    Opcode,
+    RejectReason,
+)
+from blockyard.iscsi.digest import padding_for
+from blockyard.iscsi.events import NEED_DATA, CommandReady, LoginComplete, SessionClosing
+from blockyard.iscsi.framing import PduReader, PduRejected, frame
+from blockyard.iscsi.keys import Params
+from blockyard.iscsi.login import TargetLogin
+from blockyard.iscsi.pdu import Buffer, Pdu, decode_lun
+from blockyard.iscsi.pdu_initiator import DataOut, LoginRequest, ScsiCommandPdu
+from blockyard.iscsi.pdu_target import (
+    LoginResponse,
+    Reject,
+    pack_data_in,
+    pack_r2t,
+    pack_scsi_response,
+)
+from blockyard.iscsi.session import PortalConfig, SessionInfo
+from blockyard.iscsi.state import State
+from blockyard.iscsi.tasks import ABORTED, EXECUTING, READY, SOLICITING, Task
+from blockyard.scsi.task import ScsiCommand, ScsiResult, TaskAttr
+
+_COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
+_NUMBERED = frozenset({Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST,
+                       Opcode.TEXT_REQUEST, Opcode.LOGOUT_REQUEST})
+
+
+class TargetConnection:
+    """One target-side connection; see the module docstring."""
+
+    def __init__(self, portal: PortalConfig, *, local_address: str = "", now: float = 0.0,
+                 first_statsn: int | None = None, owner: object | None = None) -> None:
+        self.portal = portal
+        self.local_address = local_address
+        self.owner = owner if owner is not None else self
+        self.state = State.LOGIN
+        wanted = portal.preferences[0]
+        self.reader = PduReader(max(wanted.max_recv_data_segment, 8192))
+        self.login = TargetLogin(portal, self.owner)
+        self.session: SessionInfo | None = None
+        self.params: Params = self.login.params
+        self.window: CommandWindow[Any] = CommandWindow(0, portal.cmd_window)
+        self.statsn = secrets.randbits(32) if first_statsn is None else first_statsn
+        self.tasks: dict[int, Task] = {}
+        self.order: deque[Task] = deque()
+        self.events: deque[Any] = deque()
+        self.out: list[Buffer] = []
+        self.aborted: set[int] = set()  # ITTs of aborted tasks: their Data-Out is dropped
+        self.tmfs: dict[int, control.PendingTmf] = {}
+        self.text = control.TextState()
+        self.hd = self.dd = False
+        self._ttt = secrets.randbits(31)
+        self._now = now
+        self._activity = False
+        self._next_ping = 0.0
+        self._ping: tuple[int, float, float] | None = None  # (TTT, sent at, deadline)
+
+    # ---- input and events -------------------------------------------------------
+    def receive_data(self, data: Buffer) -> None:
+        self.reader.feed(data)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reader.buffer_updated(nbytes)
+
+    def next_event(self) -> Any:
+        """The next event, or NEED_DATA.  A fatal peer error raises RemoteProtocolError."""
+        events = self.events
+        while not events:
+            if self.state is State.CLOSED:
+                return NEED_DATA
+            try:
+                pdu = self.reader.next_pdu()
+                if pdu is None:
+                    return NEED_DATA
+                self._activity = True
+                handler = _DISPATCH.get((self.state, pdu.OPCODE), _DEFAULT[self.state])
+                handler(self, pdu)
+            except PduRejected as exc:
+                self.reject(exc.code, exc.header)
+                self._skip_cmdsn(exc.header)
+            except RemoteProtocolError as exc:
+                if exc.fatal:
+                    self._fail()
+                    raise
+                self.reject(exc.code, self.reader.last_header)
+                self._skip_cmdsn(self.reader.last_header)
+        return events.popleft()
+
+    def _skip_cmdsn(self, header: bytes) -> None:
+        """A rejected numbered PDU still uses its CmdSN, or the window would stall."""
+        if len(header) >= 28 and header[0] & 0x3F in _NUMBERED and not header[0] & 0x40:
+            ready = self.window.fill(int.from_bytes(header[24:28], "big"))
+            if ready:
+                self.in_order(ready)
+
+    def data_to_send(self) -> list[Buffer]:
+        out, self.out = self.out, []
+        return out
+
+    def connection_lost(self) -> None:
+        """The transport lost the socket: the session ends (ErrorRecoveryLevel 0)."""
+        self._fail()
+
+    def _fail(self) -> None:
+        self.state = State.CLOSED
+        self.portal.registry.close(self.owner)
+
+    # ---- output helpers -----------------------------------------------------------
+    def emit(self, header: bytes, data: Buffer = b"") -> None:
+        if self.hd or self.dd:
+            self.out.extend(frame(header, data, self.hd, self.dd))
+            return
+        out = self.out
+        out.append(header)
+        n = len(data)
+        if n:
+            out.append(data)
+            if n & 3:
+                out.append(padding_for(n))
+
+    def emit_pdu(self, pdu: Pdu) -> None:
+        self.emit(pdu.encode_header(), pdu.data)
+
+    def next_statsn(self) -> int:
+        sn = self.statsn
+        self.statsn = (sn + 1) & 0xFFFFFFFF
+        return sn
+
+    def new_ttt(self) -> int:
+        self._ttt = (self._ttt + 1) & 0x7FFFFFFF
+        return self._ttt
+
+    def reject(self, reason: int, header: bytes) -> None:
+        """§11.17: a Reject carrying the offending header."""
+        w = self.window
+        self.emit_pdu(Reject(reason, RESERVED_TAG, self.next_statsn(), w.exp_cmdsn,
+                             w.max_cmdsn, 0, header[:48]))
+
+    # ---- login ----------------------------------------------------------------------
+    def _on_login(self, req: LoginRequest) -> None:
+        if self.login.first is None:
+            self.window = CommandWindow(req.cmdsn, self.portal.cmd_window)
+        rsp = self.login.handle(req)
+        self._send_login_response(rsp)
+        if self.login.failed is not None:
+            self.state = State.CLOSED
+            self.events.append(SessionClosing(f"login failed: 0x{self.login.failed:04x}"))
+        elif self.login.result is not None:
+            self._enter_full_feature(self.login.result)
+
+    def _send_login_response(self, rsp: LoginResponse) -> None:
+        rsp.statsn = self.next_statsn()
+        rsp.exp_cmdsn, rsp.max_cmdsn = self.window.exp_cmdsn, self.window.max_cmdsn
+        self.emit_pdu(rsp)
+
+    def _enter_full_feature(self, session: SessionInfo) -> None:
+        self.session = session
+        p = self.params
+        self.hd = self.reader.header_digest = p.header_digest == "CRC32C"
+        self.dd = self.reader.data_digest = p.data_digest == "CRC32C"
+        self.reader.max_data_segment = p.max_recv_data_segment
+        self.state = State.FULL_FEATURE
+        self._next_ping = self._now + self.portal.nop_interval
+        self.events.append(LoginComplete(session, self.login.replaced))
+
+    def _invalid_in_login(self, pdu: Pdu) -> None:
+        rsp = LoginResponse(status=LoginStatus.INVALID_DURING_LOGIN, itt=pdu.itt)
+        self._send_login_response(rsp)
+        self.state = State.CLOSED
+        raise RemoteProtocolError(f"{type(pdu).__name__} during login",
+                                  LoginStatus.INVALID_DURING_LOGIN)
+
+    # ---- SCSI commands and their data ------------------------------------------------
+    def _on_scsi_command(self, pdu: ScsiCommandPdu) -> None:
+        assert self.session is not None
+        w = self.window
+        if not pdu.immediate and not w.in_window(pdu.cmdsn):
+            return  # §4.2.2.1: outside the window, silently ignored
+        if self.session.discovery:  # the Reject path below also skips its CmdSN
+            raise RemoteProtocolError("SCSI command in a discovery session",
+                                      RejectReason.PROTOCOL_ERROR, fatal=False)
+        if pdu.itt in self.tasks or pdu.itt == RESERVED_TAG:
+            raise RemoteProtocolError("ITT in use", RejectReason.TASK_IN_PROGRESS, fatal=False)
+        if pdu.immediate and len(self.tasks) >= 2 * self.portal.cmd_window:
+            raise RemoteProtocolError("too many immediate commands",
+                                      RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
+        ready: list[Any] | None = None
+        task = Task(pdu.itt, decode_lun(pdu.lun), pdu.lun, pdu.cmdsn, pdu.immediate, pdu.cdb,
+                    pdu.edtl, pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
+        if not pdu.immediate:
+            ready = w.arrive(pdu.cmdsn, task)
+            if ready is None:
+                return  # a CmdSN already taken: a duplicate, ignored
+        task.start_write(pdu.data, pdu.final, self.params)
+        self.tasks[pdu.itt] = task
+        if task.state == SOLICITING:
+            self.send_r2ts(task)
+        if pdu.immediate:
+            if task.state == READY:
+                self._deliver(task)
+        elif ready:
+            self.in_order(ready)
+
+    def in_order(self, items: list[Any]) -> None:
+        """Items whose CmdSN turn has come: tasks queue for delivery, others run now."""
+        for item in items:
+            if type(item) is Task:
+                self.order.append(item)
+            else:
+                handler, pdu = item
+                handler(self, pdu)
+        self.pump()
+
+    def pump(self) -> None:
+        order = self.order
+        while order:
+            head = order[0]
+            if head.state == ABORTED:
+                order.popleft()
+            elif head.state == READY:
+                order.popleft()
+                self._deliver(head)
+            else:
+                break
+
+    def _deliver(self, task: Task) -> None:
+        assert self.session is not None
+        task.state = EXECUTING
+        expected_in = task.edtl if task.read else 0
+        try:
+            attr = TaskAttr(task.attr)
+        except ValueError:
+            attr = TaskAttr.SIMPLE
+        cmd = ScsiCommand(task.cdb, task.lun, self.session.nexus, task.payload(), expected_in,
+                          attr, task.itt)
+        self.events.append(CommandReady(task.itt, cmd))
+
+    def _on_data_out(self, pdu: DataOut) -> None:
+        task = self.tasks.get(pdu.itt)
+        if task is None or task.state == ABORTED:
+            if pdu.itt in self.aborted or task is not None:
+                return  # data of an aborted task: dropped (§11.5.1)
+            raise RemoteProtocolError(f"Data-Out for unknown ITT 0x{pdu.itt:08x}",
+                                      RejectReason.INVALID_PDU_FIELD, fatal=False)
+        if pdu.ttt == RESERVED_TAG:
+            task.unsolicited(pdu.datasn, pdu.offset, pdu.data, pdu.final)
+            if task.state == SOLICITING:
+                self.send_r2ts(task)
+        else:
+            r2t = task.r2ts.get(pdu.ttt)
+            if r2t is None:
+                raise RemoteProtocolError(f"Data-Out with unknown TTT 0x{pdu.ttt:08x}",
+                                          RejectReason.PROTOCOL_ERROR)
+            if task.solicited(r2t, pdu.datasn, pdu.offset, pdu.data, pdu.final):
+                task.finish_r2t(r2t)
+                self.send_r2ts(task)
+        if task.state == READY:
+            if task.immediate:
+                self._deliver(task)
+            else:
+                self.pump()
+
+    def send_r2ts(self, task: Task) -> None:
+        w = self.window
+        for r in task.next_r2ts(self.params, self.new_ttt):
+            task.responses += 1
+            self.emit(pack_r2t(task.lun_field, task.itt, r.ttt, self.statsn, w.exp_cmdsn,
+                               w.max_cmdsn, r.r2tsn, r.offset, r.length))
+
+    # ---- results --------------------------------------------------------------------
+    def complete_command(self, itt: int, result: ScsiResult) -> None:
+        """The SCSI layer finished the task ``itt``: send its Data-In and status."""
+        task = self.tasks.get(itt)
+        if task is None or task.state not in (EXECUTING, ABORTED):
+            if self.state is not State.FULL_FEATURE:
+                return  # the session ended while the command ran
+            raise LocalProtocolError(f"complete_command for unknown task 0x{itt:08x}")
+        del self.tasks[itt]
+        if task.state == ABORTED:
+            control.aborted_task_done(self, task)
+            return
+        if self.state is State.FULL_FEATURE:
+            self._send_result(task, result)
+
+    def _send_result(self, task: Task, result: ScsiResult) -> None:
+        status, sense, data = int(result.status), result.sense, result.data
+        flags = residual = bidi_flags = bidi = n = 0
+        if task.read:  # §11.4.5: residuals against the expected length of each direction
+            read_flags, read_residual = _residual(task.read_len, len(data))
+            n = min(len(data), task.read_len)
+        if task.write:
+            flags, residual = _residual(task.edtl, result.data_out_used)
+            if task.read:  # bidirectional: o/u are the read's O/U shifted left by 2
+                bidi_flags, bidi = read_flags << 2, read_residual
+        elif task.read:
+            flags, residual = read_flags, read_residual
+        else:
+            flags, residual = _residual(task.edtl, len(data))  # no data phase at all
+        if n and self._send_data_in(task, data, n, status, sense, flags, residual):
+            return
+        w = self.window
+        seg = b"" if not sense else len(sense).to_bytes(2, "big") + sense
+        self.emit(pack_scsi_response(flags | bidi_flags, 0, status, len(seg), task.itt,
+                                     self.next_statsn(), w.exp_cmdsn, w.max_cmdsn,
+                                     task.responses, bidi, residual), seg)
+
+    def _send_data_in(self, task: Task, data: Buffer, n: int, status: int, sense: bytes,
+                      flags: int, residual: int) -> bool:
+        """Data-In PDUs for ``data[:n]``; True if the status went with the last one."""
+        w = self.window
+        collapse = status in _COLLAPSE_OK and not sense and not (task.read and task.write)
+        seg = self.params.peer_max_recv_data_segment
+        burst = self.params.max_burst_length
+        view = data if type(data) is memoryview else memoryview(data)
+        itt, emit, datasn, off = task.itt, self.emit, 0, 0
+        while off < n:
+            burst_end = min(off + burst, n)
+            while off < burst_end:
+                end = min(off + seg, burst_end)
+                if end == n and collapse:
+                    emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS | flags, status, end - off, 0,
+                                      itt, RESERVED_TAG, self.next_statsn(), w.exp_cmdsn,
+                                      w.max_cmdsn, datasn, off, residual), view[off:end])
+                else:
+                    emit(pack_data_in(FINAL_BIT if end == burst_end else 0, 0, end - off, 0,
+                                      itt, RESERVED_TAG, 0, w.exp_cmdsn, w.max_cmdsn, datasn,
+                                      off, 0), view[off:end])
+                datasn += 1
+                off = end
+        task.responses += datasn
+        return collapse
+
+    # ---- timers ------------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` wants to run next (NOP-In ping and its timeout)."""
+        if self.state is not State.FULL_FEATURE or self.portal.nop_interval <= 0:
+            return None
+        return self._ping[2] if self._ping is not None else self._next_ping
+
+    def handle_timer(self, now: float) -> None:
+        self._now = now
+        if self.state is State.FULL_FEATURE:
+            control.nop_timer(self, now)
+
+    def answer_ping(self, ttt: int) -> None:
+        if self._ping is not None and self._ping[0] == ttt:
+            self._next_ping = self._ping[1] + self.portal.nop_interval
+            self._ping = None
+
+    def abort_tasks(self, lun: int | None = None) -> None:
+        """Drop this session's tasks (all, or one LUN's) without responses: another
+        session's LUN or target reset reached the task set (SAM, TAS=0)."""
+        control.abort_matching(self, lambda t: lun is None or t.lun == lun, None)
+
+
+def _residual(expected: int, actual: int) -> tuple[int, int]:
+    if actual > expected:
+        return RSP_OVERFLOW, actual - expected
+    if actual < expected:
+        return RSP_UNDERFLOW, expected - actual
+    return 0, 0
+
+
+def _ignore(conn: TargetConnection, pdu: Pdu) -> None:
+    return None
+
+
+def _not_supported(conn: TargetConnection, pdu: Pdu) -> None:
+    raise RemoteProtocolError(f"{type(pdu).__name__} not supported",
+                              RejectReason.COMMAND_NOT_SUPPORTED, fatal=False)
+
+
+def _protocol_error(conn: TargetConnection, pdu: Pdu) -> None:
+    raise RemoteProtocolError(f"unexpected {type(pdu).__name__}", RejectReason.PROTOCOL_ERROR,
+                              fatal=False)
+
+
+_FF = State.FULL_FEATURE
+_DISPATCH: dict[tuple[State, int], Callable[[TargetConnection, Any], None]] = {
+    (State.LOGIN, Opcode.LOGIN_REQUEST): TargetConnection._on_login,
+    (_FF, Opcode.SCSI_COMMAND): TargetConnection._on_scsi_command,
+    (_FF, Opcode.DATA_OUT): TargetConnection._on_data_out,
+    (_FF, Opcode.NOP_OUT): control.on_nop_pdu,
+    (_FF, Opcode.TEXT_REQUEST): control.numbered(control.on_text),
+    (_FF, Opcode.TASK_MGMT_REQUEST): control.numbered(control.on_tmf),
+    (_FF, Opcode.LOGOUT_REQUEST): control.numbered(control.on_logout),
+    (_FF, Opcode.SNACK_REQUEST): _not_supported,  # ErrorRecoveryLevel 0 (§11.16)
+}
+_DEFAULT: dict[State, Callable[[TargetConnection, Any], None]] = {
+    State.LOGIN: TargetConnection._invalid_in_login,
+    State.FULL_FEATURE: _protocol_error,
+    State.LOGGED_OUT: _ignore,
+    State.CLOSED: _ignore,
+}

@@ -1,0 +1,172 @@
+"""One SCSI task on the target: gathering its Data-Out (RFC 7143 §11.7, §11.8, §13.10-13.17).
+
+Theory of operation.  A write task owns a buffer of Expected Data Transfer
+Length bytes and fills it in order (we negotiate DataPDUInOrder and
+DataSequenceInOrder to Yes)::
+
+    state        event                                  next
+    UNSOLICITED  immediate data in the command          (stays)
+                 Data-Out, TTT=0xffffffff, F=0          (stays)
+                 Data-Out, TTT=0xffffffff, F=1          SOLICITING or READY
+    SOLICITING   R2Ts sent (at most MaxOutstandingR2T open, each at most
+                 MaxBurstLength), Data-Out with their TTT
+                 last Data-Out of the last R2T          READY
+    READY        handed to the SCSI layer
+
+A command with F=1 has no unsolicited Data-Out, so it starts in SOLICITING
+(or READY).  Checks, each a protocol error that ends the connection at
+ErrorRecoveryLevel 0 (libiscsi's iSCSIdatasn expects the write to fail):
+DataSN counts 0, 1, 2... within the unsolicited sequence and within each
+R2T's sequence (§11.7.5); the buffer offset is the next expected byte; a
+sequence ends exactly with the F bit; unsolicited data needs InitialR2T=No
+(Data-Out) or ImmediateData=Yes (immediate) and stays within
+FirstBurstLength; nothing goes past the Expected Data Transfer Length.
+"""
+
+from __future__ import annotations
+
+from blockyard.errors import RemoteProtocolError
+from blockyard.iscsi.constants import RESERVED_TAG, RejectReason
+from blockyard.iscsi.keys import Params
+from blockyard.iscsi.pdu import Buffer
+
+UNSOLICITED, SOLICITING, READY, EXECUTING, ABORTED = range(5)
+
+
+def _violation(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, RejectReason.PROTOCOL_ERROR)
+
+
+class R2TState:
+    __slots__ = ("ttt", "r2tsn", "offset", "length", "received", "next_datasn")
+
+    def __init__(self, ttt: int, r2tsn: int, offset: int, length: int) -> None:
+        self.ttt, self.r2tsn, self.offset, self.length = ttt, r2tsn, offset, length
+        self.received = 0
+        self.next_datasn = 0
+
+
+class Task:
+    """A SCSI command between its arrival and its response."""
+
+    __slots__ = ("itt", "lun", "lun_field", "cmdsn", "immediate", "cdb", "edtl", "read", "write",
+                 "attr", "read_len", "state", "buf", "data_out", "received", "unsol_limit",
+                 "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses", "aborted_by")
+
+    def __init__(self, itt: int, lun: int, lun_field: int, cmdsn: int, immediate: bool,
+                 cdb: bytes, edtl: int, read: bool, write: bool, attr: int,
+                 read_len: int | None = None) -> None:
+        self.itt, self.lun, self.lun_field, self.cmdsn = itt, lun, lun_field, cmdsn
+        self.immediate, self.cdb, self.edtl = immediate, cdb, edtl
+        self.read, self.write, self.attr = read, write, attr
+        # bidirectional commands carry the read length in an AHS (§11.2.2.4)
+        self.read_len = read_len if read_len is not None and write else edtl
+        self.state = READY
+        self.buf: bytearray | None = None
+        self.data_out: Buffer | None = None
+        self.received = 0
+        self.unsol_limit = 0
+        self.unsol_datasn = 0
+        self.next_offset = 0
+        self.r2tsn = 0
+        self.r2ts: dict[int, R2TState] = {}
+        self.responses = 0  # R2T + Data-In PDUs sent, for ExpDataSN (§11.4.8)
+        self.aborted_by: int | None = None  # ITT of the TMF waiting for this task
+
+    # ---- the data-out side ----------------------------------------------------------
+    def start_write(self, immediate: Buffer, final: bool, params: Params) -> None:
+        """Take the command's immediate data; decide whether unsolicited Data-Out follows."""
+        n = len(immediate)
+        expected = self.edtl if self.write else 0
+        if n and not self.write:
+            raise _violation("data segment on a command without the W bit")
+        if n and not params.immediate_data:
+            raise _violation("immediate data with ImmediateData=No")  # §13.11
+        self.unsol_limit = min(params.first_burst_length, expected)
+        if n > self.unsol_limit:
+            raise _violation(f"{n} bytes of immediate data, limit {self.unsol_limit}")
+        if not final and params.initial_r2t:
+            raise _violation("unsolicited Data-Out announced with InitialR2T=Yes")  # §13.10
+        if n == expected:
+            self.data_out = bytes(immediate) if n else b""
+            self.received = n
+            self.state = READY if final or not n else UNSOLICITED
+            if not final and n:
+                raise _violation("F=0 but the immediate data is already complete")
+            return
+        self.buf = bytearray(expected)
+        self.buf[:n] = immediate
+        self.received = self.next_offset = n
+        self.state = SOLICITING if final else UNSOLICITED
+
+    def unsolicited(self, datasn: int, offset: int, data: Buffer, final: bool) -> None:
+        """A Data-Out with TTT 0xffffffff (§11.7.4)."""
+        if self.state != UNSOLICITED:
+            raise _violation("unsolicited Data-Out outside the unsolicited sequence")
+        if datasn != self.unsol_datasn:
+            raise _violation(f"DataSN {datasn}, expected {self.unsol_datasn}")  # §11.7.5
+        end = self._check_offset(offset, len(data), self.unsol_limit)
+        self._store(offset, data, end)
+        self.unsol_datasn += 1
+        if end == self.unsol_limit and not final:
+            raise _violation("unsolicited sequence reached its limit without the F bit")
+        if final:
+            self.next_offset = end
+            self.state = SOLICITING if end < self.edtl else READY
+
+    def solicited(self, r2t: R2TState, datasn: int, offset: int, data: Buffer,
+                  final: bool) -> bool:
+        """A Data-Out answering ``r2t``; True when that R2T's sequence is complete."""
+        if datasn != r2t.next_datasn:
+            raise _violation(f"DataSN {datasn}, expected {r2t.next_datasn}")  # §11.7.5
+        end = self._check_offset(offset, len(data), r2t.offset + r2t.length)
+        if offset != r2t.offset + r2t.received:
+            raise _violation(f"buffer offset {offset}, expected {r2t.offset + r2t.received}")
+        self._store(offset, data, end)
+        r2t.received += len(data)
+        r2t.next_datasn += 1
+        done = r2t.received == r2t.length
+        if final != done:
+            raise _violation("F bit does not match the end of the R2T sequence")  # §11.7.1
+        return done
+
+    def _check_offset(self, offset: int, n: int, limit: int) -> int:
+        if offset != self.received:
+            raise _violation(f"buffer offset {offset}, expected {self.received}")  # §11.7.6
+        end = offset + n
+        if end > limit:
+            raise _violation(f"Data-Out up to byte {end} beyond the allowed {limit}")
+        return end
+
+    def _store(self, offset: int, data: Buffer, end: int) -> None:
+        assert self.buf is not None
+        self.buf[offset:end] = data
+        self.received = end
+
+    def next_r2ts(self, params: Params, new_ttt: object) -> list[R2TState]:
+        """Open as many R2Ts as MaxOutstandingR2T allows (§13.17), each <= MaxBurstLength."""
+        out = []
+        while len(self.r2ts) < params.max_outstanding_r2t and self.next_offset < self.edtl:
+            length = min(params.max_burst_length, self.edtl - self.next_offset)
+            r2t = R2TState(new_ttt(), self.r2tsn, self.next_offset, length)  # type: ignore[operator]
+            self.r2tsn += 1
+            self.next_offset += length
+            self.r2ts[r2t.ttt] = r2t
+            out.append(r2t)
+        return out
+
+    def finish_r2t(self, r2t: R2TState) -> None:
+        del self.r2ts[r2t.ttt]
+        if not self.r2ts and self.received == self.edtl:
+            self.state = READY
+
+    def payload(self) -> Buffer | None:
+        if not self.write:
+            return None
+        if self.data_out is not None:
+            return self.data_out
+        return self.buf if self.buf is not None else b""
+
+
+def is_unsolicited(ttt: int) -> bool:
+    return ttt == RESERVED_TAG
