@@ -61,8 +61,7 @@ def check_block_sizes(minimum: int, preferred: int, maximum: int,
         return f"preferred block size {preferred} is not a power of 2 >= max(min, 512)"
     if maximum != MAX_BLOCK_NO_LIMIT and maximum % minimum:
         return f"maximum block size {maximum} is not a multiple of the minimum {minimum}"
-    floor = preferred if size is None else min(preferred, size)
-    if maximum < floor:
+    if size is not None and maximum < min(preferred, size):
         return f"maximum block size {maximum} is below min(preferred, export size)"
     return None
 
