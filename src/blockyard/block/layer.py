@@ -34,6 +34,7 @@ return fewer bytes of extents than asked (at least one byte), never more.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,6 +66,13 @@ class Layer:
 
     size: int
     read_only: bool = False
+    # A thread-safe blocking reader ``(offset, length) -> data`` when the layer can
+    # serve reads synchronously from any thread (a raw file); None otherwise.  The
+    # transport uses it to read and send a large reply in one I/O-thread job.
+    sync_pread: Callable[[int, int], Buffer] | None = None
+    # A file descriptor whose bytes at offset o are this layer's bytes at o (a raw
+    # file), so a transport may send reads with sendfile(2); None otherwise.
+    sendfile_fd: int | None = None
 
     def __init__(self, inner: Layer | None = None) -> None:
         self.inner = inner

@@ -20,7 +20,7 @@ from blockyard.errors import BlockError, MediaError
 from blockyard.util import fallocate as fa
 from blockyard.util.aio import run_blocking
 
-DEFAULT_INLINE_MAX = 64 << 10
+DEFAULT_INLINE_MAX = int(os.environ.get("BLOCKYARD_INLINE_MAX", 64 << 10))
 
 
 def _io_error(exc: OSError) -> BlockError:
@@ -53,6 +53,8 @@ class RawFile(Layer):
             os.close(self.fd)
             raise MediaError(f"{self.path}: not a regular file or block device")
         self._can_punch = not self.is_block_device
+        self.sync_pread = self._read_sync
+        self.sendfile_fd = self.fd
 
     @classmethod
     def create_sparse(cls, path: str | os.PathLike[str], size: int, **kw: object) -> RawFile:
@@ -183,6 +185,8 @@ class RawFile(Layer):
     async def _close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
+            self.sendfile_fd = None
+            self.sync_pread = None
             os.close(fd)
 
     def describe(self) -> str:

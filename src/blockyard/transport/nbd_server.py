@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from blockyard.block.layer import Layer
 from blockyard.errors import BlockError, RemoteProtocolError
@@ -42,11 +44,17 @@ from blockyard.nbd.events import (
 )
 from blockyard.nbd.server import ServerConnection, State
 from blockyard.transport.nbd_ops import COMMAND_TABLE, export_flags
+from blockyard.transport.sockwire import FileRange, SocketWire
+from blockyard.util.aio import pool
 from blockyard.util.eager import run_eager
 
 log = logging.getLogger("blockyard.nbd")
 TF = c.TransmissionFlag
 _READ = int(c.Cmd.READ)
+USE_SENDFILE = not os.environ.get("BLOCKYARD_NO_SENDFILE")
+THREAD_SEND_MIN = 256 << 10  # read replies this big are sent from an I/O thread
+WRITE_HIGH = 32 << 20  # stop reading requests while this much reply data is queued
+WRITE_LOW = 8 << 20
 
 
 @dataclass
@@ -92,14 +100,13 @@ class ExportTable:
         return iter(list(self._by_name.values()))
 
 
-class NbdConnection(asyncio.BufferedProtocol):
-    def __init__(self, server: NbdServer) -> None:
+class NbdConnection:
+    def __init__(self, server: NbdServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.core = ServerConnection()
-        self.transport: asyncio.Transport | None = None
         self.export: Export | None = None
-        self.peer = "?"
-        self.inflight: dict[int, int] = {}  # id(task or request) -> bytes
+        self.peer = peer
+        self.inflight: dict[int, int] = {}  # id(request) -> bytes it holds
         self.inflight_bytes = 0
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
@@ -108,42 +115,28 @@ class NbdConnection(asyncio.BufferedProtocol):
         self._paused_for: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
-
-    # ---- asyncio protocol callbacks ------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        self._finished: deque[Request] = deque()  # large reads completed on I/O threads
+        self._wake_pending = False
+        self.loop = asyncio.get_running_loop()
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
-        transport.set_write_buffer_limits(high=8 << 20)
-        self.server.connections.add(self)
+        self.wire = SocketWire(sock, self.loop, self.core.get_buffer, self._received,
+                               self._lost)
+        server.connections.add(self)
         log.info("nbd: connection from %s", self.peer)
-        self._flush_core()
+        self.wire.send(self.core.data_to_send())  # type: ignore[arg-type]
+        self.wire.resume_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
         name = self.export.name if self.export else "-"
         log.info("nbd: connection from %s closed (export %s)%s", self.peer, name,
                  f": {exc}" if exc else "")
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.core.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
+    def _received(self, nbytes: int) -> None:
         self.core.buffer_updated(nbytes)
         self._process()
-
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def pause_writing(self) -> None:
-        self._pause("write-buffer")
-
-    def resume_writing(self) -> None:
-        self._resume("write-buffer")
 
     # ---- event loop of the core ------------------------------------------------------
     def _process(self) -> None:
@@ -163,7 +156,7 @@ class NbdConnection(asyncio.BufferedProtocol):
         except RemoteProtocolError as exc:
             log.warning("nbd: %s: protocol error, disconnecting: %s", self.peer, exc)
             self._flush_cork(cork)
-            self._abort()
+            self.wire.flush_and_close()
             return
         self._flush_cork(cork)
         if self.core.state is State.CLOSED and not self.closed:
@@ -171,31 +164,20 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     def _flush_cork(self, cork: list[Any]) -> None:
         self._cork = None
-        out = self.core.data_to_send()
-        if out:
-            cork.extend(out)
-        if cork and not self.closed and self.transport is not None:
-            self.transport.writelines(cork)
+        cork.extend(self.core.data_to_send())
+        if cork:
+            self.wire.send(cork)
 
-    def _flush_core(self) -> None:
-        out = self.core.data_to_send()
-        if out and self.transport is not None and not self.closed:
-            self.transport.writelines(out)
-
-    def _send(self, bufs: Any) -> None:
-        if self.closed:
-            return
+    def _send(self, bufs: Any, large: bool = False) -> None:
         cork = self._cork
-        if cork is not None:
-            if type(bufs) is list:
-                cork.extend(bufs)
-            else:
-                cork.append(bufs)
-        elif self.transport is not None:
-            if type(bufs) is list:
-                self.transport.writelines(bufs)
-            else:
-                self.transport.write(bufs)
+        if type(bufs) is not list:
+            bufs = [bufs]
+        if large:
+            self.wire.send_threaded(bufs)
+        elif cork is not None:
+            cork.extend(bufs)
+        else:
+            self.wire.send(bufs)
 
     # ---- handshake events --------------------------------------------------------------
     def _handshake_event(self, event: object) -> None:
@@ -227,8 +209,19 @@ class NbdConnection(asyncio.BufferedProtocol):
         self.inflight_bytes += size
         if self.inflight_bytes > self.server.max_queued:
             self._pause("queued-bytes")
+        if self.wire.queued_bytes > WRITE_HIGH:
+            self._pause("write-buffer")
+            self.loop.call_later(0.005, self._check_write_buffer)
         self.idle.clear()
         self.inflight[id(req)] = size
+        if req.cmd == _READ and req.length >= THREAD_SEND_MIN:
+            layer = export.layer
+            if layer.sendfile_fd is not None and USE_SENDFILE:
+                self._read_sendfile(req, export, layer.sendfile_fd)
+                return
+            if layer.sync_pread is not None:
+                pool().submit(self._read_in_thread, req, export, layer.sync_pread)
+                return
         task = run_eager(self._run(req, export))
         if task is not None:
             self.tasks.add(task)
@@ -255,8 +248,47 @@ class NbdConnection(asyncio.BufferedProtocol):
         stats = export.stats
         stats["requests"] += 1
         stats["bytes"] += req.length if req.cmd <= 1 else 0
-        self._send(out)
+        self._send(out, large=req.cmd == _READ and req.length >= THREAD_SEND_MIN)
         self._done(req)
+
+    def _read_sendfile(self, req: Request, export: Export, fd: int) -> None:
+        """A large read of a raw file: header, then sendfile(2) from an I/O thread."""
+        data: Any = FileRange(fd, req.offset, req.length)
+        if self.core.negotiated.structured:
+            out = replies.read_structured(req.cookie, req.offset, data)
+        else:
+            out = replies.read_simple(req.cookie, data)
+        self.wire.send_threaded(out)
+        export.stats["requests"] += 1
+        export.stats["bytes"] += req.length
+        self._done(req)
+
+    def _read_in_thread(self, req: Request, export: Export,
+                        reader: Callable[[int, int], Any]) -> None:
+        """A large read on an I/O thread: read, then send, both without the GIL."""
+        structured = self.core.negotiated.structured
+        try:
+            data = reader(req.offset, req.length)
+            if structured:
+                out: Any = replies.read_structured(req.cookie, req.offset, data)
+            else:
+                out = replies.read_simple(req.cookie, data)
+        except OSError as exc:
+            out = [replies.error(req.cookie, exc.errno or errno.EIO, structured, str(exc))]
+        self.wire.send_blocking(out)
+        self._finished.append(req)  # deque.append is atomic; one wake-up serves many
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._reap_threaded)
+
+    def _reap_threaded(self) -> None:
+        self._wake_pending = False
+        stats = self.export.stats if self.export else {"requests": 0, "bytes": 0}
+        while self._finished:
+            req = self._finished.popleft()
+            stats["requests"] += 1
+            stats["bytes"] += req.length
+            self._done(req)
 
     def _done(self, req: Request) -> None:
         self.inflight_bytes -= self.inflight.pop(id(req), 0)
@@ -267,33 +299,33 @@ class NbdConnection(asyncio.BufferedProtocol):
 
     # ---- flow control and closing ---------------------------------------------------------
     def _pause(self, why: str) -> None:
-        if not self._paused_for and self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        if not self._paused_for:
+            self.wire.pause_reading()
         self._paused_for.add(why)
 
     def _resume(self, why: str) -> None:
         if why not in self._paused_for:
             return
         self._paused_for.discard(why)
-        if not self._paused_for and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        if not self._paused_for and not self.closed:
+            self.wire.resume_reading()
             if self._cork is None:
-                self._process()
+                self._process()  # requests already buffered while paused
+
+    def _check_write_buffer(self) -> None:
+        if self.wire.queued_bytes > WRITE_LOW and not self.closed:
+            self.loop.call_later(0.005, self._check_write_buffer)
+        else:
+            self._resume("write-buffer")
 
     def _close_when_idle(self) -> None:
         async def closer() -> None:
             await self.idle.wait()
-            if self.transport is not None:
-                self.transport.close()
+            self.wire.flush_and_close()
         if self.inflight:
-            asyncio.get_running_loop().create_task(closer())
-        elif self.transport is not None:
-            self.transport.close()
-
-    def _abort(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+            self.loop.create_task(closer())
+        else:
+            self.wire.flush_and_close()
 
     async def drain(self, grace: float) -> None:
         """Stop taking requests, finish the ones in flight, then close."""
@@ -304,38 +336,57 @@ class NbdConnection(asyncio.BufferedProtocol):
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        self.wire.flush_and_close()
 
 
 class NbdServer:
     """Listens on one or more addresses and serves an ``ExportTable``."""
 
-    def __init__(self, exports: ExportTable, *, max_queued: int = 128 << 20,
-                 on_listen: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, exports: ExportTable, *, max_queued: int = 128 << 20) -> None:
         self.exports = exports
         self.max_queued = max_queued
         self.connections: set[NbdConnection] = set()
-        self._servers: list[asyncio.base_events.Server] = []
-        self._on_listen = on_listen
+        self._listeners: list[tuple[socket.socket, asyncio.Task[None]]] = []
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: NbdConnection(self), host, port,
-                                          reuse_address=True, backlog=128)
-        self._servers.append(server)
-        addr = server.sockets[0].getsockname()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((host, port))
+            lsock.listen(128)
+            lsock.setblocking(False)
+        except OSError:
+            lsock.close()
+            raise
+        addr = lsock.getsockname()
+        task = asyncio.get_running_loop().create_task(self._accept_loop(lsock))
+        self._listeners.append((lsock, task))
         log.info("nbd: listening on %s:%s", addr[0], addr[1])
         return addr[0], addr[1]
 
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(lsock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: log, breathe, go on
+                log.error("nbd: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr or "local")
+            NbdConnection(self, sock, peer)
+
     async def stop(self, grace: float = 10.0) -> None:
-        for server in self._servers:
-            server.close()
+        for lsock, task in self._listeners:
+            task.cancel()
+            lsock.close()
+        self._listeners.clear()
         await asyncio.gather(*(conn.drain(grace) for conn in list(self.connections)))
         for export in self.exports:
             try:
                 await export.layer.flush()
             except BlockError as exc:
                 log.error("nbd: flushing export %s failed: %s", export.name, exc)
-        for server in self._servers:
-            await server.wait_closed()

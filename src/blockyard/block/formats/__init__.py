@@ -7,6 +7,7 @@ so a broken or missing driver costs only its own format.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ DRIVERS: dict[str, str] = {
     "raw": "blockyard.block.formats.rawimage:RawImage",
 }
 PROBE_BYTES = 64 << 10
+log = logging.getLogger("blockyard.formats")
 
 
 def driver(name: str) -> type[ImageLayer]:
@@ -46,10 +48,10 @@ def probe(path: str | os.PathLike[str]) -> str:
     for name in DRIVERS:
         try:
             cls = driver(name)
-        except ImportError:
-            continue
-        if cls.probe(head, size):
-            return name
+            if cls.probe(head, size):
+                return name
+        except Exception as exc:  # a broken driver costs only its own format
+            log.error("image format %s unavailable: %s", name, exc)
     return "raw"
 
 
