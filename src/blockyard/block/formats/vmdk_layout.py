@@ -242,12 +242,13 @@ def check_layout(h: SparseHeader, t: Tables, file_size: int, where: str) -> None
         raise MediaError(f"{where}: {where_is(h, t, grains[-1])} points past the end of "
                          f"the file (sector {grains[-1]})")
     span = 1 if h.compressed else h.grain_size  # compressed grains vary in size
-    for a, b in zip(grains, grains[1:], strict=False):
-        if b - a < span:
-            raise MediaError(f"{where}: {where_is(h, t, b)} overlaps another grain "
-                             f"(sectors {a} and {b})")
     starts = [r[0] for r in regions]
     for g in grains:
-        k = bisect.bisect_right(starts, g + span - 1) - 1
-        if k >= 0 and regions[k][1] > g:
-            raise MediaError(f"{where}: {where_is(h, t, g)} points into {regions[k][2]}")
+        k = bisect.bisect_right(starts, g) - 1  # the region at or before g, then the next
+        hit = k if k >= 0 and regions[k][1] > g else k + 1
+        if hit < len(regions) and regions[hit][0] < g + span and regions[hit][1] > g:
+            raise MediaError(f"{where}: {where_is(h, t, g)} points into {regions[hit][2]}")
+    for a, b in zip(grains, grains[1:], strict=False):
+        if b - a < span:
+            pair = where_is(h, t, a) if a == b else f"{where_is(h, t, a)} and {where_is(h, t, b)}"
+            raise MediaError(f"{where}: {pair} overlap: grains at sectors {a} and {b}")
