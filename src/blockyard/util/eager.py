@@ -54,4 +54,8 @@ def run_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
         first = coro.send(None)
     except StopIteration:
         return None
-    return asyncio.get_running_loop().create_task(_drive(_Resume(coro, first)))
+    task = asyncio.get_running_loop().create_task(_drive(_Resume(coro, first)))
+    # A Task cancelled before its first step never runs _drive's body, so the
+    # started coroutine would never see the cancellation: close it then.
+    task.add_done_callback(lambda _t: coro.close())
+    return task

@@ -34,8 +34,7 @@ def format_size(n: int) -> str:
     for unit in ("P", "T", "G", "M", "K"):
         mult = _UNITS[unit]
         if n >= mult:
-            value = n / mult
-            if value == int(value):
-                return f"{int(value)}{unit}"
-            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+            if n % mult == 0:
+                return f"{n // mult}{unit}"
+            return f"{n / mult:.1f}{unit}"
     return str(n)
