@@ -1,17 +1,20 @@
 """The asyncio NBD server: a thin shell around ``nbd.server.ServerConnection``.
 
-Per connection, a ``BufferedProtocol`` receives straight into the core's
-buffer, drains its events, runs each request against the export's block
+Per connection, a ``SocketWire`` (see sockwire.py for why not an asyncio
+transport) receives straight into the core's buffer; the connection drains
+the core's events, runs each request against the export's block
 layer and writes the reply.  Requests are pipelined: each one is started at
 once and eagerly (``util.eager``), so a page-cache hit is answered inside the
 same callback, while a request that has to wait (thread pool, throttle)
 finishes later and its reply goes out whenever it is ready (replies may be
 out of order; proto.md, "Transmission").  Replies produced in one callback
-are corked into one ``writelines`` call.
+are corked into one ``sendmsg``.  Large reads of a raw file go out with
+sendfile(2), other large reads are read and sent by an I/O thread, so the
+copies run without the GIL.
 
 Back-pressure: the bytes of requests in flight are counted; above
 ``max_queued`` the connection stops reading until they drain, and it also
-stops reading while the socket's write buffer is above its high-water mark.
+stops reading while more than ``WRITE_HIGH`` bytes of replies are queued.
 
 Shutdown (``NbdServer.stop``): stop accepting; each connection stops taking
 new requests (answered ESHUTDOWN), in-flight requests finish or fail with
@@ -115,6 +118,7 @@ class NbdConnection:
         self._paused_for: set[str] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.gone = asyncio.Event()
         self._finished: deque[Request] = deque()  # large reads completed on I/O threads
         self._wake_pending = False
         self.loop = asyncio.get_running_loop()
@@ -129,6 +133,7 @@ class NbdConnection:
 
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gone.set()
         self.server.connections.discard(self)
         name = self.export.name if self.export else "-"
         log.info("nbd: connection from %s closed (export %s)%s", self.peer, name,
@@ -337,6 +342,10 @@ class NbdConnection:
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.wire.flush_and_close()
+        try:  # replies already queued go out before the layers are closed
+            await asyncio.wait_for(self.gone.wait(), grace)
+        except TimeoutError:
+            self.wire.close(None)
 
 
 class NbdServer:
