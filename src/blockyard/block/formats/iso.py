@@ -32,8 +32,8 @@ MAX_VDS = 64  # descriptors before the terminator; real discs carry a handful
 ID = b"CD001"
 T_BOOT, T_PRIMARY, T_SUPPLEMENTARY, T_TERMINATOR = 0, 1, 2, 255
 JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
-_BOTH32 = struct.Struct("<I>I")
-_BOTH16 = struct.Struct("<H>H")
+_LE32, _BE32 = struct.Struct("<I"), struct.Struct(">I")
+_LE16, _BE16 = struct.Struct("<H"), struct.Struct(">H")
 
 
 def _text(raw: bytes) -> str:
@@ -66,8 +66,8 @@ def read_descriptors(fd: int, size: int, where: str) -> dict[str, Any]:
 
 
 def _primary(vd: bytes, where: str) -> dict[str, Any]:
-    le, be = _BOTH32.unpack_from(vd, 80)
-    ble, bbe = _BOTH16.unpack_from(vd, 128)
+    (le,), (be,) = _LE32.unpack_from(vd, 80), _BE32.unpack_from(vd, 84)  # both-endian
+    (ble,), (bbe,) = _LE16.unpack_from(vd, 128), _BE16.unpack_from(vd, 130)
     if le != be or ble != bbe:
         raise MediaError(f"{where}: primary volume descriptor: both-endian fields disagree")
     if ble != CD_SECTOR:
