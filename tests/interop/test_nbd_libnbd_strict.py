@@ -15,14 +15,6 @@ pytestmark = pytest.mark.interop
 SIZE = 40 * MiB
 MAX_BLOCK = 32 * MiB
 HEAD = b"known head bytes"
-UNKNOWN_FLAG_BUG = (
-    "validate.COMMANDS keeps IntFlag masks for READ, WRITE_ZEROES and BLOCK_STATUS; "
-    "~CmdFlag in Python 3.11 inverts only the defined bits (0x3f), so flags "
-    "0x40-0x8000 pass `flags & ~allowed` unnoticed")
-TRIM_RO_BUG = ("proto.md: the server SHOULD return EPERM for a write or trim request on a "
-               "read-only export; validate checks 'TRIM was not advertised' first -> EINVAL")
-TRIM_END_BUG = ("proto.md: the server SHOULD return EINVAL for a read or trim request beyond "
-                "the end; validate counts TRIM as a write -> ENOSPC")
 
 
 @pytest.fixture
@@ -81,7 +73,6 @@ def test_writes_to_read_only_export_are_eperm(nbd, nbd_server, export_path: Path
     assert read_at(export_path, 0, len(HEAD)) == HEAD
 
 
-@pytest.mark.xfail(strict=True, reason=TRIM_RO_BUG)
 def test_trim_on_read_only_export_is_eperm(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path, read_only=True).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.trim(MiB, 0))
@@ -89,7 +80,6 @@ def test_trim_on_read_only_export_is_eperm(nbd, nbd_server, export_path: Path) -
     assert errnum == errno.EPERM
 
 
-@pytest.mark.xfail(strict=True, reason=TRIM_END_BUG)
 def test_trim_past_the_end_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     errnum = _errno_of(nbd, lambda: h.trim(MiB, SIZE - 4096))
@@ -99,9 +89,9 @@ def test_trim_past_the_end_is_einval(nbd, nbd_server, export_path: Path) -> None
 
 @pytest.mark.parametrize("flag", [
     0x20,  # PAYLOAD_LEN: known, but extended headers were not negotiated
-    pytest.param(0x40, marks=pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)),
-    pytest.param(0x100, marks=pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)),
-    pytest.param(0x8000, marks=pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)),
+    0x40,
+    0x100,
+    0x8000,
 ], ids=hex)
 def test_unknown_read_flag_is_einval(nbd, nbd_server, export_path: Path, flag: int) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
@@ -118,7 +108,6 @@ def test_write_with_unknown_flag_is_refused_and_not_applied(nbd, nbd_server,
     assert read_at(export_path, MiB, 4096) == b"\x5c" * 4096
 
 
-@pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)
 def test_write_zeroes_with_unknown_flag_is_refused_and_not_applied(
         nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
@@ -128,7 +117,6 @@ def test_write_zeroes_with_unknown_flag_is_refused_and_not_applied(
     assert errnum == errno.EINVAL
 
 
-@pytest.mark.xfail(strict=True, reason=UNKNOWN_FLAG_BUG)
 def test_block_status_with_unknown_flag_is_einval(nbd, nbd_server, export_path: Path) -> None:
     h = _loose(nbd, nbd_server(export_path).uri("disk"))
     assert _errno_of(nbd, lambda: h.block_status(MiB, 0, lambda *a: 0, 0x400)) == errno.EINVAL
