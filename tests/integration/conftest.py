@@ -16,6 +16,7 @@ client built on the sans-IO ``ClientConnection``, and by hostile raw sockets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import select
@@ -235,8 +236,13 @@ class Served:
 
 
 @pytest.fixture
-async def nbd_server() -> AsyncIterator[Callable[..., Any]]:
-    """Factory: ``await nbd_server(*exports, max_queued=...)``; default one 8 MiB RAM disk."""
+async def nbd_server(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await nbd_server(*exports, max_queued=...)``; default one 8 MiB RAM disk.
+
+    At teardown the servers are stopped, and any ERROR logged meanwhile (a request
+    that crashed, "Exception in callback" from asyncio) fails the test.
+    """
+    caplog.set_level(logging.WARNING)
     started: list[NbdServer] = []
 
     async def start(*exports: Export, **kw: Any) -> Served:
@@ -249,6 +255,10 @@ async def nbd_server() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in started:
         await asyncio.wait_for(server.stop(grace=2), 10)
+    records = caplog.get_records("setup") + caplog.get_records("call") + caplog.records
+    errors = [r for r in records if r.levelno >= logging.ERROR]
+    assert not errors, "errors logged while serving:\n" + "\n".join(
+        f"{r.name}: {r.getMessage()}" for r in errors)
 
 
 LISTEN_RE = re.compile(rb"nbd: listening on ([0-9.]+):(\d+)")
@@ -304,6 +314,8 @@ def blockyard_proc(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
             handle.terminate()
         if handle.proc.stdout is not None:
             handle.proc.stdout.close()
+        log = handle.log.read_text(errors="replace")
+        assert "Traceback" not in log and " ERROR " not in log, log
 
 
 @pytest.fixture
