@@ -39,6 +39,7 @@ buffer once.
 from __future__ import annotations
 
 import errno
+import struct
 from collections.abc import Callable
 from enum import Enum
 
@@ -62,6 +63,8 @@ CONTEXT_IDS = {c.BASE_ALLOCATION: 1}
 
 Opt = c.Opt
 Rep = c.Rep
+_C_FIXED = int(c.ClientFlag.FIXED_NEWSTYLE)
+_C_NO_ZEROES = int(c.ClientFlag.NO_ZEROES)
 TF = c.TransmissionFlag
 
 
@@ -99,7 +102,7 @@ class ServerConnection:
     # ---- input ------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where the next received bytes should go (BufferedProtocol.get_buffer)."""
-        if self._payload is not None:
+        if self._payload is not None and self._pfill < len(self._payload):
             return memoryview(self._payload)[self._pfill:]
         buf = self._buf
         if len(buf) - self._end < DIRECT_PAYLOAD:
@@ -109,7 +112,7 @@ class ServerConnection:
         return memoryview(buf)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._payload is not None:
+        if self._payload is not None and self._pfill < len(self._payload):
             self._pfill += nbytes
         else:
             self._end += nbytes
@@ -183,12 +186,11 @@ class ServerConnection:
         if raw is None:
             return NEED_DATA
         (flags,) = wire.CLIENT_FLAGS.unpack(raw)
-        known = c.ClientFlag.FIXED_NEWSTYLE | c.ClientFlag.NO_ZEROES
-        if flags & ~known or not flags & c.ClientFlag.FIXED_NEWSTYLE:
-            # proto.md: unknown client flags -> the server MUST disconnect
+        # proto.md "Client flags": a flag the server did not advertise (or does not
+        # know) means the server MUST close; fixed newstyle is all we speak.
+        if flags & ~int(self._handshake_flags) or not flags & _C_FIXED:
             raise self._fail(f"unsupported client flags {flags:#x}")
-        self.negotiated.no_zeroes = bool(flags & c.ClientFlag.NO_ZEROES
-                                         and self._handshake_flags & c.HandshakeFlag.NO_ZEROES)
+        self.negotiated.no_zeroes = bool(flags & _C_NO_ZEROES)
         self.state = State.OPTIONS
         return self.next_event()
 
@@ -262,23 +264,26 @@ class ServerConnection:
                 raise ValueError("information request count disagrees with length")
             self._query_infos = [wire.U16.unpack_from(data, pos + 2 + 2 * i)[0]
                                  for i in range(count)]
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, struct.error) as exc:
             self._error(opt, Rep.ERR_INVALID, f"malformed request: {exc}")
             return None
         return self._ask(ExportQuery(opt, name, go=opt == Opt.GO))
 
     def _opt_meta(self, opt: int, data: bytes) -> object | None:
-        if opt == Opt.SET_META_CONTEXT and not self.negotiated.structured:
-            # proto.md: SET_META_CONTEXT needs structured replies first
-            self._error(opt, Rep.ERR_INVALID, "negotiate structured replies first")
-            return None
+        if opt == Opt.SET_META_CONTEXT:
+            # proto.md: SET replaces the selection "including when this command fails"
+            self._meta_selected = {}
+            self._meta_export = None
+            if not self.negotiated.structured:  # SET needs structured replies first
+                self._error(opt, Rep.ERR_INVALID, "negotiate structured replies first")
+                return None
         try:
             (name,), pos = wire.parse_lp_strings(data, 0, 1)
             (count,) = wire.U32.unpack_from(data, pos)
             queries, end = wire.parse_lp_strings(data, pos + 4, count)
             if end != len(data):
                 raise ValueError("trailing bytes")
-        except (ValueError, UnicodeDecodeError, IndexError) as exc:
+        except (ValueError, UnicodeDecodeError, IndexError, struct.error) as exc:
             self._error(opt, Rep.ERR_INVALID, f"malformed request: {exc}")
             return None
         self._query_meta = queries
@@ -313,7 +318,7 @@ class ServerConnection:
         else:
             self._send_infos(q.option, spec, flags)
         if q.go:
-            if self._meta_export != spec.name:
+            if self._meta_export != q.name:  # contexts were set for another export
                 self._meta_selected = {}
             self.negotiated.meta_contexts = dict(self._meta_selected)
             self.negotiated.export = spec
