@@ -10,7 +10,9 @@ cluster's location in BAT units.  Allocated clusters are read and written
 straight through ``RawFile`` (inline when small, thread pool when large).
 
 Allocation (serialized by ``lock``) writes a whole cluster -- the request's
-data inside zeros -- past all live data; the BAT changes only in memory.
+data inside zeros -- into a slot no BAT entry on disk names (a hole found at
+open, a cluster freed before the last flush, or the end of the file); the
+BAT changes only in memory.
 ``flush`` then ``fdatasync``s (the data is durable), writes the changed BAT
 sectors, and ``fdatasync``s again (§7: data before the map entry; qemu keeps
 the BAT in memory the same way).  A crash loses unflushed allocations as
@@ -57,7 +59,7 @@ class ParallelsImage(ImageLayer):
         self.marked = False
         self.dirty_sectors: set[int] = set()
         self.freed: list[tuple[int, int]] = []  # (epoch, sector) of clusters no entry names
-        self.free: list[int] = []
+        self.free: list[int] = [] if raw.read_only else self._holes()[::-1]
         self.epoch = 0
         self.active: dict[int, int] = {}
         self.next_free = self._first_free()
@@ -71,6 +73,17 @@ class ParallelsImage(ImageLayer):
         eof = -(-os.fstat(self.raw.fd).st_size // SECTOR)
         end = max(end, eof)
         return start + -(-(end - start) // self.h.tracks) * self.h.tracks
+
+    def _holes(self) -> list[int]:
+        """Cluster slots (sectors) in the data area that no BAT entry names: reusable."""
+        t, pos = self.h.tracks, pl.data_start(self.h)
+        out: list[int] = []
+        used = sorted([v * self.h.unit for v in self.bat if v] +
+                      ([self.h.ext_off] if self.h.ext_off else []))
+        for sector in used:
+            out += range(pos, sector - t + 1, t) if (sector - pos) % t == 0 else []
+            pos = max(pos, sector + t)
+        return out
 
     # ---- driver entry points ---------------------------------------------------------
     @staticmethod

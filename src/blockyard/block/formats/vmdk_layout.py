@@ -224,6 +224,30 @@ def grain_pointers(h: SparseHeader, t: Tables) -> array:
     return array("Q", sorted(out))
 
 
+def used_regions(h: SparseHeader, t: Tables) -> list[tuple[int, int]]:
+    """(start, end) in bytes of everything the tables reference, sorted."""
+    regions = [(a * SECTOR, b * SECTOR) for a, b, _ in metadata_regions(h, t)]
+    if t.rgd is not None and not t.rgt_ok:  # still keep clear of what the RGD names
+        regions += [(s * SECTOR, (s + h.gt_sectors) * SECTOR) for s in t.rgd if s]
+    size = h.grain_size * SECTOR
+    regions += [(g * SECTOR, g * SECTOR + size) for g in grain_pointers(h, t)]
+    return sorted(regions)
+
+
+def holes(h: SparseHeader, t: Tables, align: int) -> list[int]:
+    """Byte offsets of grain-sized, ``align``-aligned slots past the overhead that
+    nothing references (space freed earlier, or leaked by a crash)."""
+    grain = h.grain_size * SECTOR
+    out, pos = [], h.overhead * SECTOR
+    for a, b in used_regions(h, t):
+        slot = -(-pos // align) * align
+        while slot + grain <= a:
+            out.append(slot)
+            slot += grain
+        pos = max(pos, b)
+    return out
+
+
 def where_is(h: SparseHeader, t: Tables, sector: int) -> str:
     """Name the GTE(s) pointing at a grain sector, for error messages."""
     hits = [f"GD {i} GTE {j}" for i, gt in t.gts.items() for j, v in enumerate(gt) if v == sector]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from blockyard.block.formats.base import CheckReport, Progress
 from blockyard.block.formats.vmdk_descriptor import Descriptor
 from blockyard.block.formats.vmdk_extent import SECTOR, FlatExtent
-from blockyard.block.formats.vmdk_layout import grain_pointers, metadata_regions
+from blockyard.block.formats.vmdk_layout import used_regions as layout_used_regions
 from blockyard.block.formats.vmdk_sparse import ALIGN, GRAIN_MARKER, SparseExtent, le_bytes
 from blockyard.errors import MediaError
 from blockyard.util.aio import run_blocking
@@ -125,12 +125,7 @@ def _check_redundant(e: SparseExtent, report: CheckReport, repair: bool) -> bool
 
 
 def used_regions(e: SparseExtent) -> list[tuple[int, int]]:
-    """(start, end) in bytes of everything referenced, in memory state, sorted."""
-    regions = [(a * SECTOR, b * SECTOR) for a, b, _ in metadata_regions(e.h, e.t)]
-    if e.t.rgd is not None and not e.t.rgt_ok:  # still reserve what the RGD names
-        regions += [(s * SECTOR, (s + e.h.gt_sectors) * SECTOR) for s in e.t.rgd if s]
-    regions += [(g * SECTOR, g * SECTOR + e.grain) for g in grain_pointers(e.h, e.t)]
-    return sorted(regions)
+    return layout_used_regions(e.h, e.t)
 
 
 def _check_leaks(e: SparseExtent, report: CheckReport, repair: bool) -> None:

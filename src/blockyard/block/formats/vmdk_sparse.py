@@ -8,8 +8,9 @@ held in memory (4 bytes per grain, loaded and validated at open).  A GTE is
 * anything else: the sector of the grain in this file (for compressed
   extents, the sector of the grain's marker).
 
-Allocation, serialized by ``lock``, appends at ``next_free`` (or reuses a
-grain freed before the last completed flush).  Crash ordering (§7): a new
+Allocation, serialized by ``lock``, appends at ``next_free`` or reuses a
+slot nothing on disk names: a hole found at open (space freed or leaked in
+an earlier session) or a grain freed before the last completed flush.  Crash ordering (§7): a new
 grain -- copied up or zero-filled to a whole grain -- is written first; the
 GTE only changes in memory.  ``flush`` then (1) writes brand-new grain
 tables, which nothing references yet, and ``fdatasync``s, so every grain
@@ -35,7 +36,7 @@ import zlib
 from array import array
 
 from blockyard.block.formats.vmdk_extent import SECTOR, Backing, VmdkExtent, merge
-from blockyard.block.formats.vmdk_layout import GTE_ZEROED, SparseHeader, Tables
+from blockyard.block.formats.vmdk_layout import GTE_ZEROED, SparseHeader, Tables, holes
 from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError
@@ -74,7 +75,9 @@ class SparseExtent(VmdkExtent):
         self.new_gts: set[int] = set()
         self.dirty: dict[int, set[int]] = {}  # GD index -> dirty GT sector numbers
         self.freed: list[tuple[int, int]] = []  # (epoch, grain byte offset) no GTE names
-        self.free: list[int] = []  # grains safe to reuse
+        # grain slots nothing on disk references (freed or leaked before): reusable
+        compressed = header.compressed or raw.read_only
+        self.free: list[int] = [] if compressed else holes(header, tables, ALIGN)[::-1]
         self.epoch = 0  # bumped by every flush
         self.active: dict[int, int] = {}  # epoch -> requests started in it, still running
         self.marked = False
