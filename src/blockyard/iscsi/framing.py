@@ -35,9 +35,10 @@ _COMPACT_AT = 1 << 20
 class PduRejected(RemoteProtocolError):
     """A PDU that must be answered with a Reject (``code``) and otherwise ignored."""
 
-    def __init__(self, message: str, reason: int, header: bytes) -> None:
+    def __init__(self, message: str, reason: int, header: bytes, pdu: Pdu | None = None) -> None:
         super().__init__(message, reason, fatal=False)
         self.header = header
+        self.pdu = pdu  # the decoded header (data dropped), when the opcode is known
 
 
 class PduReader:
@@ -134,13 +135,15 @@ class PduReader:
         self._views.append(view)
         data = view[start:start + dsl]
         self._views.append(data)
-        if dd and crc32c(view[start:start + padded]) != _LE32.unpack_from(buf, start + padded)[0]:
-            raise PduRejected("data digest error", RejectReason.DATA_DIGEST_ERROR, header[:48])
         cls = DECODERS.get(buf[pos] & 0x3F)
         if cls is None:
             raise PduRejected(f"unknown opcode 0x{buf[pos] & 0x3F:02x}",
                               RejectReason.COMMAND_NOT_SUPPORTED, header[:48])
-        return cls.from_fields(cls.STRUCT.unpack_from(buf, pos), header[BHS_SIZE:], data)
+        fields = cls.STRUCT.unpack_from(buf, pos)
+        if dd and crc32c(view[start:start + padded]) != _LE32.unpack_from(buf, start + padded)[0]:
+            raise PduRejected("data digest error", RejectReason.DATA_DIGEST_ERROR, header[:48],
+                              cls.from_fields(fields, header[BHS_SIZE:], b""))
+        return cls.from_fields(fields, header[BHS_SIZE:], data)
 
     def _too_long(self, dsl: int) -> None:
         raise RemoteProtocolError(

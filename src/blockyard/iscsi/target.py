@@ -51,6 +51,7 @@ from blockyard.iscsi.constants import (
     RESERVED_TAG,
     RSP_OVERFLOW,
     RSP_UNDERFLOW,
+    AsyncEvent,
     LoginStatus,
     Opcode,
     RejectReason,
@@ -63,6 +64,7 @@ from blockyard.iscsi.login import TargetLogin
 from blockyard.iscsi.pdu import Buffer, Pdu, decode_lun
 from blockyard.iscsi.pdu_initiator import DataOut, LoginRequest, ScsiCommandPdu
 from blockyard.iscsi.pdu_target import (
+    AsyncMessage,
     LoginResponse,
     Reject,
     pack_data_in,
@@ -71,7 +73,16 @@ from blockyard.iscsi.pdu_target import (
 )
 from blockyard.iscsi.session import PortalConfig, SessionInfo
 from blockyard.iscsi.state import State
-from blockyard.iscsi.tasks import ABORTED, EXECUTING, READY, SOLICITING, Task
+from blockyard.iscsi.tasks import (
+    ABORTED,
+    CRC_ERROR,
+    EXECUTING,
+    FAILED,
+    READY,
+    SOLICITING,
+    DataOutError,
+    Task,
+)
 from blockyard.scsi.task import ScsiCommand, ScsiResult, TaskAttr
 
 _COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
@@ -135,6 +146,8 @@ class TargetConnection:
             except PduRejected as exc:
                 self.reject(exc.code, exc.header)
                 self._skip_cmdsn(exc.header)
+                if type(exc.pdu) is DataOut:
+                    self._bad_data_out(exc.pdu)
             except RemoteProtocolError as exc:
                 if exc.fatal:
                     self._fail()
@@ -142,6 +155,12 @@ class TargetConnection:
                 self.reject(exc.code, self.reader.last_header)
                 self._skip_cmdsn(self.reader.last_header)
         return events.popleft()
+
+    def _bad_data_out(self, pdu: DataOut) -> None:
+        """A Data-Out whose data digest failed: its task fails (§7.8 b)."""
+        task = self.tasks.get(pdu.itt)
+        if task is not None and task.state not in (ABORTED, EXECUTING, READY):
+            self.data_out_failed(task, pdu, CRC_ERROR)
 
     def _skip_cmdsn(self, header: bytes) -> None:
         """A rejected numbered PDU still uses its CmdSN, or the window would stall."""
@@ -299,6 +318,16 @@ class TargetConnection:
                 return  # data of an aborted task: dropped (§11.5.1)
             raise RemoteProtocolError(f"Data-Out for unknown ITT 0x{pdu.itt:08x}",
                                       RejectReason.INVALID_PDU_FIELD, fatal=False)
+        if task.state == FAILED:
+            if task.sequence_pdu(pdu.ttt, pdu.final):
+                self._finish_failed(task)
+            return
+        try:
+            self._take_data_out(task, pdu)
+        except DataOutError as exc:
+            self.data_out_failed(task, pdu, exc.sense)
+
+    def _take_data_out(self, task: Task, pdu: DataOut) -> None:
         if pdu.ttt == RESERVED_TAG:
             task.unsolicited(pdu.datasn, pdu.offset, pdu.data, pdu.final)
             if task.state == SOLICITING:
@@ -316,6 +345,23 @@ class TargetConnection:
                 self._deliver(task)
             else:
                 self.pump()
+
+    def data_out_failed(self, task: Task, pdu: DataOut, sense: bytes) -> None:
+        """§7.8 (b): fail the task, answer once all its open sequences have ended."""
+        if task.state != FAILED:
+            task.fail(sense)
+        if task.sequence_pdu(pdu.ttt, pdu.final):
+            self._finish_failed(task)
+
+    def _finish_failed(self, task: Task) -> None:
+        del self.tasks[task.itt]
+        self.aborted.add(task.itt)
+        task.state = ABORTED  # leaves the delivery queue
+        w = self.window
+        seg = len(task.sense).to_bytes(2, "big") + task.sense
+        self.emit(pack_scsi_response(0, 0, 0x02, len(seg), task.itt, self.next_statsn(),
+                                     w.exp_cmdsn, w.max_cmdsn, task.responses, 0, 0), seg)
+        self.pump()
 
     def send_r2ts(self, task: Task) -> None:
         w = self.window
@@ -403,6 +449,18 @@ class TargetConnection:
         if self._ping is not None and self._ping[0] == ttt:
             self._next_ping = self._ping[1] + self.portal.nop_interval
             self._ping = None
+
+    def complete_tmf(self, itt: int, response: int) -> None:
+        """The SCSI layer has done its part of the TMF ``itt``: send the response."""
+        control.complete_tmf(self, itt, response)
+
+    def request_logout(self, seconds: int) -> None:
+        """Ask the initiator to log out within ``seconds`` (Async Message event 1, §11.9)."""
+        if self.state is State.FULL_FEATURE:
+            w = self.window
+            self.emit_pdu(AsyncMessage(0, RESERVED_TAG, self.next_statsn(), w.exp_cmdsn,
+                                       w.max_cmdsn, AsyncEvent.LOGOUT_REQUESTED, 0, 0, 0,
+                                       seconds))
 
     def abort_tasks(self, lun: int | None = None) -> None:
         """Drop this session's tasks (all, or one LUN's) without responses: another

@@ -14,13 +14,17 @@ DataSequenceInOrder to Yes)::
     READY        handed to the SCSI layer
 
 A command with F=1 has no unsolicited Data-Out, so it starts in SOLICITING
-(or READY).  Checks, each a protocol error that ends the connection at
-ErrorRecoveryLevel 0 (libiscsi's iSCSIdatasn expects the write to fail):
-DataSN counts 0, 1, 2... within the unsolicited sequence and within each
-R2T's sequence (§11.7.5); the buffer offset is the next expected byte; a
-sequence ends exactly with the F bit; unsolicited data needs InitialR2T=No
-(Data-Out) or ImmediateData=Yes (immediate) and stays within
-FirstBurstLength; nothing goes past the Expected Data Transfer Length.
+(or READY).  Errors in the command itself (data without the W bit, immediate
+data with ImmediateData=No or beyond FirstBurstLength, unsolicited Data-Out
+announced with InitialR2T=Yes) are protocol errors that end the connection.
+Errors inside a data sequence -- a DataSN out of order (§11.7.5), a buffer
+offset that is not the next byte (§11.7.6), more data than the sequence
+allows, an F bit in the wrong place -- raise ``DataOutError``: the task
+fails and, as §7.8 (b) prescribes at ErrorRecoveryLevel 0 for such implied
+digest errors, we keep reading its Data-Out until every open sequence has
+ended with the F bit and then answer CHECK CONDITION (ABORTED COMMAND,
+"protocol service CRC error" or "data offset error").  libiscsi's
+iSCSIdatasn expects exactly that: the write fails, the connection lives.
 """
 
 from __future__ import annotations
@@ -30,7 +34,25 @@ from blockyard.iscsi.constants import RESERVED_TAG, RejectReason
 from blockyard.iscsi.keys import Params
 from blockyard.iscsi.pdu import Buffer
 
-UNSOLICITED, SOLICITING, READY, EXECUTING, ABORTED = range(5)
+UNSOLICITED, SOLICITING, READY, EXECUTING, ABORTED, FAILED = range(6)
+
+
+def _sense(asc: int, ascq: int) -> bytes:
+    """Fixed-format sense, ABORTED COMMAND (0Bh), with the given ASC/ASCQ."""
+    return bytes([0x70, 0, 0x0B, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0])
+
+
+CRC_ERROR = _sense(0x47, 0x05)  # PROTOCOL SERVICE CRC ERROR (§11.4.7.2)
+OFFSET_ERROR = _sense(0x4B, 0x05)  # DATA OFFSET ERROR
+TOO_MUCH_DATA = _sense(0x4B, 0x02)  # TOO MUCH WRITE DATA
+
+
+class DataOutError(Exception):
+    """A Data-Out sequence went wrong: the task fails with ``sense``."""
+
+    def __init__(self, message: str, sense: bytes) -> None:
+        super().__init__(message)
+        self.sense = sense
 
 
 def _violation(message: str) -> RemoteProtocolError:
@@ -51,7 +73,8 @@ class Task:
 
     __slots__ = ("itt", "lun", "lun_field", "cmdsn", "immediate", "cdb", "edtl", "read", "write",
                  "attr", "read_len", "state", "buf", "data_out", "received", "unsol_limit",
-                 "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses", "aborted_by")
+                 "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses", "aborted_by",
+                 "sense", "open_seqs")
 
     def __init__(self, itt: int, lun: int, lun_field: int, cmdsn: int, immediate: bool,
                  cdb: bytes, edtl: int, read: bool, write: bool, attr: int,
@@ -72,6 +95,8 @@ class Task:
         self.r2ts: dict[int, R2TState] = {}
         self.responses = 0  # R2T + Data-In PDUs sent, for ExpDataSN (§11.4.8)
         self.aborted_by: int | None = None  # ITT of the TMF waiting for this task
+        self.sense = b""  # set when a Data-Out sequence failed (FAILED)
+        self.open_seqs: set[int] = set()  # sequences still to end (TTTs; 0xffffffff unsolicited)
 
     # ---- the data-out side ----------------------------------------------------------
     def start_write(self, immediate: Buffer, final: bool, params: Params) -> None:
@@ -104,12 +129,14 @@ class Task:
         if self.state != UNSOLICITED:
             raise _violation("unsolicited Data-Out outside the unsolicited sequence")
         if datasn != self.unsol_datasn:
-            raise _violation(f"DataSN {datasn}, expected {self.unsol_datasn}")  # §11.7.5
+            raise DataOutError(f"DataSN {datasn}, expected {self.unsol_datasn}",  # §11.7.5
+                               CRC_ERROR)
         end = self._check_offset(offset, len(data), self.unsol_limit)
         self._store(offset, data, end)
         self.unsol_datasn += 1
         if end == self.unsol_limit and not final:
-            raise _violation("unsolicited sequence reached its limit without the F bit")
+            raise DataOutError("unsolicited data reached its limit without the F bit",
+                               TOO_MUCH_DATA)
         if final:
             self.next_offset = end
             self.state = SOLICITING if end < self.edtl else READY
@@ -118,24 +145,24 @@ class Task:
                   final: bool) -> bool:
         """A Data-Out answering ``r2t``; True when that R2T's sequence is complete."""
         if datasn != r2t.next_datasn:
-            raise _violation(f"DataSN {datasn}, expected {r2t.next_datasn}")  # §11.7.5
+            raise DataOutError(f"DataSN {datasn}, expected {r2t.next_datasn}",  # §11.7.5
+                               CRC_ERROR)
         end = self._check_offset(offset, len(data), r2t.offset + r2t.length)
-        if offset != r2t.offset + r2t.received:
-            raise _violation(f"buffer offset {offset}, expected {r2t.offset + r2t.received}")
         self._store(offset, data, end)
         r2t.received += len(data)
         r2t.next_datasn += 1
         done = r2t.received == r2t.length
-        if final != done:
-            raise _violation("F bit does not match the end of the R2T sequence")  # §11.7.1
+        if final != done:  # §11.7.1
+            raise DataOutError("F bit does not match the end of the R2T sequence", CRC_ERROR)
         return done
 
     def _check_offset(self, offset: int, n: int, limit: int) -> int:
-        if offset != self.received:
-            raise _violation(f"buffer offset {offset}, expected {self.received}")  # §11.7.6
+        if offset != self.received:  # §11.7.6, with DataPDUInOrder=Yes
+            raise DataOutError(f"buffer offset {offset}, expected {self.received}", OFFSET_ERROR)
         end = offset + n
         if end > limit:
-            raise _violation(f"Data-Out up to byte {end} beyond the allowed {limit}")
+            raise DataOutError(f"Data-Out up to byte {end} beyond the allowed {limit}",
+                               TOO_MUCH_DATA)
         return end
 
     def _store(self, offset: int, data: Buffer, end: int) -> None:
@@ -159,6 +186,23 @@ class Task:
         del self.r2ts[r2t.ttt]
         if not self.r2ts and self.received == self.edtl:
             self.state = READY
+
+    # ---- failure ----------------------------------------------------------------------
+    def fail(self, sense: bytes) -> None:
+        """Stop taking data; remember which sequences must still end (§7.8 b)."""
+        self.open_seqs = set(self.r2ts)
+        if self.state == UNSOLICITED:
+            self.open_seqs.add(RESERVED_TAG)
+        self.state = FAILED
+        self.sense = sense
+        self.buf = None
+        self.r2ts.clear()
+
+    def sequence_pdu(self, ttt: int, final: bool) -> bool:
+        """A Data-Out of a failed task; True once every open sequence has ended."""
+        if final:
+            self.open_seqs.discard(ttt)
+        return not self.open_seqs
 
     def payload(self) -> Buffer | None:
         if not self.write:
