@@ -74,7 +74,7 @@ def u64(cdb: bytes, off: int) -> int:
 
 
 def rw6(cdb: bytes) -> Rw:
-    """READ(6)/WRITE(6) (SBC-3 5.9/5.31): length 0 means 256 blocks."""
+    """READ(6)/WRITE(6) (SBC-3 5.9/5.29): length 0 means 256 blocks."""
     _, hi, lo, n = _RW6.unpack_from(cdb)
     if hi & 0xE0:
         raise invalid_cdb(1, 7)

@@ -45,7 +45,7 @@ from blockyard.scsi.spc import SPC_COMMANDS
 from blockyard.scsi.task import Nexus
 from blockyard.scsi.unit import LogicalUnit
 from blockyard.scsi.vpd import Identity, standard_inquiry, vpd_page
-from blockyard.scsi.xcopy import XCOPY_COMMANDS
+from blockyard.scsi.xcopy import XCOPY_COMMANDS, CopyStatus
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class DiskUnit(LogicalUnit):
         self.identity = Identity(opts.vendor, opts.product, opts.revision, opts.uuid)
         self.mode = ModeState(wce=opts.write_cache)
         self.gate = IoGate()
+        self.copies: dict[tuple[Nexus, int], CopyStatus] = {}  # RECEIVE COPY RESULTS
         super().__init__()
         self._known_capacity = self.capacity_blocks
 
@@ -115,6 +116,11 @@ class DiskUnit(LogicalUnit):
         if now != self._known_capacity:
             self._known_capacity = now
             self.ua.establish(CAPACITY_DATA_CHANGED, self.ua.nexuses)
+
+    def nexus_gone(self, nexus: Nexus) -> None:
+        super().nexus_gone(nexus)
+        for key in [k for k in self.copies if k[0] == nexus]:
+            del self.copies[key]
 
     def set_medium(self, present: bool, by: Nexus) -> None:
         """Load (True) or eject the medium; a load is news to the other I_T nexuses."""

@@ -3,6 +3,7 @@
 READ CAPACITY(10/16), SYNCHRONIZE CACHE(10/16), PRE-FETCH(10/16), UNMAP,
 WRITE SAME(10/16), GET LBA STATUS, START STOP UNIT, PREVENT ALLOW MEDIUM
 REMOVAL and READ DEFECT DATA(10/12).
+Clause numbers follow SBC-3 r25.
 
 Provisioning (SBC-3 4.7): a thin unit (LBPME=1) unmaps through
 ``Layer.zero(may_trim=True)``, so unmapped blocks read as zeroes (LBPRZ=1)
@@ -43,7 +44,7 @@ FILL_CHUNK = 1 << 20
 
 
 async def read_capacity10(unit: DiskUnit, req: Request) -> ScsiResult:
-    """READ CAPACITY(10) (SBC-3 5.15): 0xFFFFFFFF when the LBA does not fit."""
+    """READ CAPACITY(10) (SBC-3 5.14): 0xFFFFFFFF when the LBA does not fit."""
     cdb = req.cdb
     check_flags(cdb, 0x00)
     check_control(cdb, 10)
@@ -54,7 +55,7 @@ async def read_capacity10(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def read_capacity16(unit: DiskUnit, req: Request) -> ScsiResult:
-    """READ CAPACITY(16) (SBC-3 5.16): LBPME and LBPRZ for a thin unit, LBPPBE 0."""
+    """READ CAPACITY(16) (SBC-3 5.15): LBPME and LBPRZ for a thin unit, LBPPBE 0."""
     cdb = req.cdb
     check_control(cdb, 16)
     if not cdb[14] & 0x01 and u64(cdb, 2):
@@ -96,7 +97,7 @@ async def pre_fetch(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def unmap(unit: DiskUnit, req: Request) -> ScsiResult:
-    """UNMAP (SBC-3 5.28): every descriptor is checked before any block is unmapped."""
+    """UNMAP (SBC-3 5.24): every descriptor is checked before any block is unmapped."""
     cdb = req.cdb
     check_flags(cdb, 0x01)
     check_control(cdb, 10)
@@ -135,7 +136,7 @@ def _unmap_ranges(unit: DiskUnit, params: bytes) -> list[tuple[int, int]]:
 
 
 async def write_same(unit: DiskUnit, req: Request) -> ScsiResult:
-    """WRITE SAME(10/16) (SBC-3 5.42/5.43), UNMAP bit, NDOB (SBC-4), no ANCHOR."""
+    """WRITE SAME(10/16) (SBC-3 5.40/5.41), UNMAP bit, NDOB (SBC-4), no ANCHOR."""
     cdb = req.cdb
     ws16 = cdb[0] == Op.WRITE_SAME_16
     check_flags(cdb, 0xF9 if ws16 else 0xF8)  # LBDATA/PBDATA are obsolete
@@ -184,7 +185,7 @@ async def _fill(unit: DiskUnit, lba: int, blocks: int, pattern: bytes, unmap: bo
 
 
 async def get_lba_status(unit: DiskUnit, req: Request) -> ScsiResult:
-    """GET LBA STATUS (SBC-3 5.5): mapped / deallocated runs from the layer's extents."""
+    """GET LBA STATUS (SBC-3 5.4): mapped / deallocated runs from the layer's extents."""
     cdb = req.cdb
     check_control(cdb, 16)
     start, alloc = u64(cdb, 2), u32(cdb, 10)
@@ -232,7 +233,7 @@ def _hole_blocks(extents: list[Extent], offset: int, bs: int) -> list[tuple[int,
 
 
 async def start_stop_unit(unit: DiskUnit, req: Request) -> ScsiResult:
-    """START STOP UNIT (SBC-3 5.20): LOEJ ejects / loads a removable medium."""
+    """START STOP UNIT (SBC-3 5.21): LOEJ ejects / loads a removable medium."""
     cdb = req.cdb
     check_flags(cdb, 0x01)  # IMMED
     if cdb[4] & 0x08:
@@ -254,7 +255,7 @@ async def start_stop_unit(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def prevent_allow(unit: DiskUnit, req: Request) -> ScsiResult:
-    """PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.5 / SPC-4 6.13), kept per I_T nexus."""
+    """PREVENT ALLOW MEDIUM REMOVAL (SBC-3 5.8), kept per I_T nexus."""
     cdb = req.cdb
     check_flags(cdb, 0x00)
     if cdb[2] or cdb[3] or cdb[4] & 0xFC:
@@ -270,7 +271,7 @@ async def prevent_allow(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def read_defect_data(unit: DiskUnit, req: Request) -> ScsiResult:
-    """READ DEFECT DATA(10/12) (SBC-3 5.12/5.13): an empty list in the requested format."""
+    """READ DEFECT DATA(10/12) (SBC-3 5.16/5.17): an empty list in the requested format."""
     cdb = req.cdb
     del unit
     if cdb[0] == Op.READ_DEFECT_DATA_10:

@@ -1,6 +1,9 @@
 """SBC-3 data transfer commands: READ, WRITE, VERIFY, WRITE AND VERIFY,
 COMPARE AND WRITE, ORWRITE and WRITE ATOMIC(16) (SBC-4 5.48).
 
+Clause numbers follow SBC-3 r25 and SPC-4 r37; the command names find them
+in any revision.
+
 Data-Out: a write needs ``blocks * block_size`` bytes (``data_out_used``, from
 which the transport computes residuals). When fewer arrive (the Expected
 Data Transfer Length was smaller than the CDB asks for, libiscsi
@@ -79,13 +82,13 @@ def miscompare(offset: int) -> ScsiError:
 
 
 async def read(unit: DiskUnit, req: Request) -> ScsiResult:
-    """READ(6/10/12/16) (SBC-3 5.8 - 5.11)."""
+    """READ(6/10/12/16) (SBC-3 5.9 - 5.12)."""
     rw = _checked(unit, req, RW_FLAGS)
     return good(await unit.read(rw.lba, rw.blocks) if rw.blocks else b"")
 
 
 async def write(unit: DiskUnit, req: Request) -> ScsiResult:
-    """WRITE(6/10/12/16) (SBC-3 5.31 - 5.34)."""
+    """WRITE(6/10/12/16) (SBC-3 5.29 - 5.32)."""
     rw = _checked(unit, req, RW_FLAGS)
     unit.check_writable()
     needed = rw.blocks * unit.block_size
@@ -97,7 +100,7 @@ async def write(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def write_verify(unit: DiskUnit, req: Request) -> ScsiResult:
-    """WRITE AND VERIFY(10/12/16) (SBC-3 5.35 - 5.37): written through, then read back."""
+    """WRITE AND VERIFY(10/12/16) (SBC-3 5.34 - 5.36): written through, then read back."""
     rw = _checked(unit, req, VERIFY_FLAGS)
     if rw.bytchk > 1:
         raise invalid_cdb(1, 2)
@@ -139,7 +142,7 @@ async def verify(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def orwrite(unit: DiskUnit, req: Request) -> ScsiResult:
-    """ORWRITE(16) (SBC-3 5.21): OR the Data-Out into the blocks, atomically."""
+    """ORWRITE(16) (SBC-3 5.5): OR the Data-Out into the blocks, atomically."""
     rw = _checked(unit, req, RW_FLAGS)
     unit.check_writable()
     needed = rw.blocks * unit.block_size

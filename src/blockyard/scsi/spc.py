@@ -54,7 +54,7 @@ async def inquiry(unit: LogicalUnit, req: Request) -> ScsiResult:
 
 
 async def test_unit_ready(unit: LogicalUnit, req: Request) -> ScsiResult:
-    """TEST UNIT READY (SPC-4 6.37): medium presence is checked by the pipeline."""
+    """TEST UNIT READY (SPC-4 6.47): medium presence is checked by the pipeline."""
     check_zero(req.cdb, 1, 2, 3, 4)
     check_control(req.cdb, 6)
     del unit

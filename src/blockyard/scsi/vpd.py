@@ -13,10 +13,12 @@ import uuid as uuid_mod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from blockyard.scsi.xcopy import third_party_copy_vpd
+
 if TYPE_CHECKING:
     from blockyard.scsi.disk import DiskUnit
 
-SUPPORTED, SERIAL, DEVICE_ID, EXTENDED = 0x00, 0x80, 0x83, 0x86
+SUPPORTED, SERIAL, DEVICE_ID, EXTENDED, THIRD_PARTY_COPY = 0x00, 0x80, 0x83, 0x86, 0x8F
 BLOCK_LIMITS, BLOCK_CHARACTERISTICS, PROVISIONING = 0xB0, 0xB1, 0xB2
 VERSION_DESCRIPTORS = (0x00A0, 0x0960, 0x0460, 0x04C0)  # SAM-5, iSCSI, SPC-4, SBC-3
 STANDARD_LEN = 74
@@ -139,6 +141,7 @@ _BUILDERS = {
     BLOCK_LIMITS: block_limits,
     BLOCK_CHARACTERISTICS: block_characteristics,
     PROVISIONING: provisioning,
+    THIRD_PARTY_COPY: lambda unit: third_party_copy_vpd(),
 }
 
 
