@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blockyard.block.layer import Layer
-from blockyard.errors import BlockError, RemoteProtocolError
+from blockyard.block.writemode import MediumHub, PolicyError
+from blockyard.errors import BlockError, BlockyardError, RemoteProtocolError
 from blockyard.nbd import constants as c
 from blockyard.nbd import replies
 from blockyard.nbd.events import (
@@ -68,12 +69,17 @@ class Export:
     layer: Layer
     description: str = ""
     read_only: bool = False
+    hub: MediumHub | None = None  # write-mode policy shared with other protocols
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "bytes": 0})
 
-    def spec(self) -> ExportSpec:
-        lim = self.layer.limits
-        flags = export_flags(self.layer, self.read_only)
-        return ExportSpec(self.name, self.layer.size, flags, self.description,
+    def spec(self, layer: Layer | None = None) -> ExportSpec:
+        layer = layer or self.layer
+        lim = layer.limits
+        read_only = self.read_only or (self.hub is not None and self.hub.mode == "readonly")
+        flags = export_flags(layer, read_only)
+        if self.hub is not None and not self.hub.multi_conn:
+            flags &= ~int(TF.CAN_MULTI_CONN)
+        return ExportSpec(self.name, layer.size, flags, self.description,
                           lim.minimum, lim.preferred, lim.maximum)
 
 
@@ -108,7 +114,10 @@ class NbdConnection:
         self.server = server
         self.core = ServerConnection()
         self.export: Export | None = None
+        self.layer: Layer | None = None  # this session's view of the export
+        self.session: MediumHub | None = None
         self.peer = peer
+        self.client = peer.rsplit(":", 1)[0]  # identity for write modes: the address
         self.inflight: dict[int, int] = {}  # id(request) -> bytes it holds
         self.inflight_bytes = 0
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -134,6 +143,9 @@ class NbdConnection:
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.gone.set()
+        if self.session is not None:
+            self.loop.create_task(self.session.release(self.client))
+            self.session = None
         self.server.connections.discard(self)
         name = self.export.name if self.export else "-"
         log.info("nbd: connection from %s closed (export %s)%s", self.peer, name,
@@ -192,20 +204,47 @@ class NbdConnection:
                 self.core.reject_export(c.Rep.ERR_UNKNOWN, f"no export named {event.name!r}")
             elif self.draining:
                 self.core.reject_export(c.Rep.ERR_SHUTDOWN, "server is shutting down")
+            elif event.go and export.hub is not None:
+                self._pause("session")
+                self.loop.create_task(self._open_session(export))
             else:
                 self.core.accept_export(export.spec())
                 if event.go:
-                    self.export = export
-                    log.info("nbd: %s uses export %s", self.peer, export.name)
+                    self._use(export, export.layer)
         elif isinstance(event, ListQuery):
             self.core.send_list(self.server.exports.listing())
         elif isinstance(event, Disconnect):
             log.debug("nbd: %s: %s", self.peer, event.reason)
 
+    def _use(self, export: Export, layer: Layer) -> None:
+        self.export = export
+        self.layer = layer
+        log.info("nbd: %s uses export %s", self.peer, export.name)
+
+    async def _open_session(self, export: Export) -> None:
+        """Ask the medium's write-mode hub for this client's layer (may refuse)."""
+        assert export.hub is not None
+        try:
+            layer = await export.hub.acquire(self.client)
+        except PolicyError as exc:
+            log.info("nbd: %s refused export %s: %s", self.peer, export.name, exc)
+            self.core.reject_export(c.Rep.ERR_POLICY, str(exc))
+        except BlockyardError as exc:
+            self.core.reject_export(c.Rep.ERR_UNKNOWN, str(exc))
+        else:
+            if self.closed:
+                await export.hub.release(self.client)
+                return
+            self.session = export.hub
+            self.core.accept_export(export.spec(layer))
+            self._use(export, layer)
+        self.wire.send(self.core.data_to_send())  # type: ignore[arg-type]
+        self._resume("session")
+
     # ---- requests ----------------------------------------------------------------------
     def _start_request(self, req: Request) -> None:
         export = self.export
-        assert export is not None
+        assert export is not None and self.layer is not None
         if self.draining:
             self._send(replies.error(req.cookie, errno.ESHUTDOWN, self.core.negotiated.structured,
                                      "server is shutting down"))
@@ -220,29 +259,29 @@ class NbdConnection:
         self.idle.clear()
         self.inflight[id(req)] = size
         if req.cmd == _READ and req.length >= THREAD_SEND_MIN:
-            layer = export.layer
+            layer = self.layer
             if layer.sendfile_fd is not None and USE_SENDFILE:
                 self._read_sendfile(req, export, layer.sendfile_fd)
                 return
             if layer.sync_pread is not None:
                 pool().submit(self._read_in_thread, req, export, layer.sync_pread)
                 return
-        task = run_eager(self._run(req, export))
+        task = run_eager(self._run(req, export, self.layer))
         if task is not None:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, req: Request, export: Export) -> None:
+    async def _run(self, req: Request, export: Export, layer: Layer) -> None:
         structured = self.core.negotiated.structured
         try:
             if req.cmd == _READ:
-                data = await export.layer.pread(req.offset, req.length)
+                data = await layer.pread(req.offset, req.length)
                 if structured:
                     out: Any = replies.read_structured(req.cookie, req.offset, data)
                 else:
                     out = replies.read_simple(req.cookie, data)
             else:
-                out = await COMMAND_TABLE[req.cmd](self, export.layer, req)
+                out = await COMMAND_TABLE[req.cmd](self, layer, req)
         except BlockError as exc:
             out = replies.error(req.cookie, exc.errno, structured, str(exc))
         except asyncio.CancelledError:
@@ -259,6 +298,7 @@ class NbdConnection:
     def _read_sendfile(self, req: Request, export: Export, fd: int) -> None:
         """A large read of a raw file: header, then sendfile(2) from an I/O thread."""
         data: Any = FileRange(fd, req.offset, req.length)
+        out: Any
         if self.core.negotiated.structured:
             out = replies.read_structured(req.cookie, req.offset, data)
         else:

@@ -195,7 +195,8 @@ class SocketWire:
 
     def _send_some(self, bufs: list[Item], blocking: bool) -> list[Item]:
         """Send as much as possible; return what is left (empty when all went)."""
-        items = [b if isinstance(b, FileRange) else memoryview(b) for b in bufs if len(b)]
+        items: list[Item] = [b if isinstance(b, FileRange) else memoryview(b)
+                             for b in bufs if len(b)]
         flags = 0 if blocking else socket.MSG_DONTWAIT
         while items and not self.closed:
             try:
