@@ -125,13 +125,26 @@ async def serve(plan: ServePlan) -> int:
 
 
 async def _start_iscsi(plan: ServePlan, exports: ExportTable) -> list[Any]:
+    """Quick mode over iSCSI: each export is LUN 0 of target iqn.2026-11.org.blockyard:<name>."""
     if not plan.iscsi:
         return []
-    try:
-        from blockyard.transport import iscsi_target  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ConfigError(f"the iSCSI target is not available: {exc}") from None
-    return await iscsi_target.start_quick(exports, plan.iscsi)  # type: ignore[attr-defined, no-any-return]
+    from blockyard.transport.iscsi_target import IscsiTargetServer, quick_targets
+
+    targets = []
+    for e in exports:  # one export at a time: each keeps its own read-only flag
+        targets += quick_targets({e.name: e.layer}, e.read_only)
+    stoppers = []
+    for host, port in plan.iscsi:
+        server = IscsiTargetServer(targets)
+        try:
+            await server.start(host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        print(f"iscsi: listening on {server.host}:{server.port}", flush=True)
+        for t in targets:
+            print(f"serving iscsi://{server.host}:{server.port}/{t.name}/0", flush=True)
+        stoppers.append(server.stop)
+    return stoppers
 
 
 def run(plan: ServePlan) -> int:

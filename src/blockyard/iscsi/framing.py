@@ -100,9 +100,15 @@ class PduReader:
             self._buf = new
 
     def _release(self) -> None:
+        # uvloop still holds the buffer it received into while it calls
+        # buffer_updated(): such a view is released on a later call instead.
+        keep = []
         for view in self._views:
-            view.release()
-        self._views.clear()
+            try:
+                view.release()
+            except BufferError:
+                keep.append(view)
+        self._views = keep
 
     # ---- output ------------------------------------------------------------------
     def next_pdu(self) -> Pdu | None:
