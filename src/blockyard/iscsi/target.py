@@ -15,10 +15,10 @@ The connection state machine is the table ``_DISPATCH``, keyed by
     state          PDU                 handler              next state
     LOGIN          Login Request       _on_login            LOGIN, FULL_FEATURE or CLOSED
     LOGIN          anything else       _invalid_in_login    CLOSED (0x020b, §6.3)
-    FULL_FEATURE   SCSI Command        _on_scsi_command     FULL_FEATURE
-    FULL_FEATURE   Data-Out            _on_data_out         FULL_FEATURE (CLOSED on a
-                                                            sequence error, ERL 0)
-    FULL_FEATURE   NOP-Out, Text, TMF  control.py           FULL_FEATURE
+    FULL_FEATURE   SCSI Command        datapath             FULL_FEATURE
+    FULL_FEATURE   Data-Out            datapath             FULL_FEATURE (CLOSED on an
+                                                            unknown TTT)
+    FULL_FEATURE   NOP-Out, Text, TMF  control              FULL_FEATURE
     FULL_FEATURE   Logout Request      control.on_logout    LOGGED_OUT
     FULL_FEATURE   SNACK / other       Reject 0x05 / 0x04   FULL_FEATURE
     LOGGED_OUT     anything            ignored              LOGGED_OUT
@@ -28,11 +28,11 @@ Numbering: non-immediate PDUs pass the CmdSN window (``cmdsn.py``: outside
 it they are dropped without an answer) and are handled in CmdSN order; SCSI
 tasks are delivered to the transport in CmdSN order once their Data-Out is
 complete (``tasks.py``), immediate ones as soon as they are complete.
-StatSN counts every status-bearing PDU of the connection (§4.2.2.2).
-Reads go out as Data-In PDUs no longer than the initiator's
-MaxRecvDataSegmentLength, in sequences of MaxBurstLength with the F bit,
-and the status rides on the last one when there is no sense data (phase
-collapse, §11.7.4); residual overflow/underflow follow §11.4.5.
+StatSN counts every status-bearing PDU of the connection (§4.2.2.2).  A
+recoverable peer error is answered with a Reject (§11.17) and the PDU's
+CmdSN is still consumed; an unrecoverable one raises RemoteProtocolError
+from ``next_event`` and the transport closes the connection (ErrorRecovery-
+Level 0 knows no other recovery).  The SCSI data path is ``datapath.py``.
 """
 
 from __future__ import annotations
@@ -43,49 +43,37 @@ from collections.abc import Callable
 from typing import Any
 
 from blockyard.errors import LocalProtocolError, RemoteProtocolError
-from blockyard.iscsi import control
+from blockyard.iscsi import control, datapath
 from blockyard.iscsi.cmdsn import CommandWindow
 from blockyard.iscsi.constants import (
-    DATA_IN_STATUS,
-    FINAL_BIT,
     RESERVED_TAG,
-    RSP_OVERFLOW,
-    RSP_UNDERFLOW,
     AsyncEvent,
     LoginStatus,
     Opcode,
     RejectReason,
 )
 from blockyard.iscsi.digest import padding_for
-from blockyard.iscsi.events import NEED_DATA, CommandReady, LoginComplete, SessionClosing
+from blockyard.iscsi.events import NEED_DATA, LoginComplete, SessionClosing
 from blockyard.iscsi.framing import PduReader, PduRejected, frame
 from blockyard.iscsi.keys import Params
 from blockyard.iscsi.login import TargetLogin
-from blockyard.iscsi.pdu import Buffer, Pdu, decode_lun
-from blockyard.iscsi.pdu_initiator import DataOut, LoginRequest, ScsiCommandPdu
+from blockyard.iscsi.pdu import Buffer, Pdu
+from blockyard.iscsi.pdu_initiator import DataOut, LoginRequest
 from blockyard.iscsi.pdu_target import (
     AsyncMessage,
     LoginResponse,
     Reject,
-    pack_data_in,
-    pack_r2t,
-    pack_scsi_response,
 )
 from blockyard.iscsi.session import PortalConfig, SessionInfo
 from blockyard.iscsi.state import State
 from blockyard.iscsi.tasks import (
     ABORTED,
-    CRC_ERROR,
     EXECUTING,
-    FAILED,
     READY,
-    SOLICITING,
-    DataOutError,
     Task,
 )
-from blockyard.scsi.task import ScsiCommand, ScsiResult, TaskAttr
+from blockyard.scsi.task import ScsiResult
 
-_COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
 _NUMBERED = frozenset({Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST,
                        Opcode.TEXT_REQUEST, Opcode.LOGOUT_REQUEST})
 
@@ -144,23 +132,17 @@ class TargetConnection:
                 handler = _DISPATCH.get((self.state, pdu.OPCODE), _DEFAULT[self.state])
                 handler(self, pdu)
             except PduRejected as exc:
-                self.reject(exc.code, exc.header)
                 self._skip_cmdsn(exc.header)
+                self.reject(exc.code, exc.header)
                 if type(exc.pdu) is DataOut:
-                    self._bad_data_out(exc.pdu)
+                    datapath.bad_data_out(self, exc.pdu)
             except RemoteProtocolError as exc:
                 if exc.fatal:
                     self._fail()
                     raise
-                self.reject(exc.code, self.reader.last_header)
                 self._skip_cmdsn(self.reader.last_header)
+                self.reject(exc.code, self.reader.last_header)
         return events.popleft()
-
-    def _bad_data_out(self, pdu: DataOut) -> None:
-        """A Data-Out whose data digest failed: its task fails (§7.8 b)."""
-        task = self.tasks.get(pdu.itt)
-        if task is not None and task.state not in (ABORTED, EXECUTING, READY):
-            self.data_out_failed(task, pdu, CRC_ERROR)
 
     def _skip_cmdsn(self, header: bytes) -> None:
         """A rejected numbered PDU still uses its CmdSN, or the window would stall."""
@@ -246,37 +228,7 @@ class TargetConnection:
         raise RemoteProtocolError(f"{type(pdu).__name__} during login",
                                   LoginStatus.INVALID_DURING_LOGIN)
 
-    # ---- SCSI commands and their data ------------------------------------------------
-    def _on_scsi_command(self, pdu: ScsiCommandPdu) -> None:
-        assert self.session is not None
-        w = self.window
-        if not pdu.immediate and not w.in_window(pdu.cmdsn):
-            return  # §4.2.2.1: outside the window, silently ignored
-        if self.session.discovery:  # the Reject path below also skips its CmdSN
-            raise RemoteProtocolError("SCSI command in a discovery session",
-                                      RejectReason.PROTOCOL_ERROR, fatal=False)
-        if pdu.itt in self.tasks or pdu.itt == RESERVED_TAG:
-            raise RemoteProtocolError("ITT in use", RejectReason.TASK_IN_PROGRESS, fatal=False)
-        if pdu.immediate and len(self.tasks) >= 2 * self.portal.cmd_window:
-            raise RemoteProtocolError("too many immediate commands",
-                                      RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
-        ready: list[Any] | None = None
-        task = Task(pdu.itt, decode_lun(pdu.lun), pdu.lun, pdu.cmdsn, pdu.immediate, pdu.cdb,
-                    pdu.edtl, pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
-        if not pdu.immediate:
-            ready = w.arrive(pdu.cmdsn, task)
-            if ready is None:
-                return  # a CmdSN already taken: a duplicate, ignored
-        task.start_write(pdu.data, pdu.final, self.params)
-        self.tasks[pdu.itt] = task
-        if task.state == SOLICITING:
-            self.send_r2ts(task)
-        if pdu.immediate:
-            if task.state == READY:
-                self._deliver(task)
-        elif ready:
-            self.in_order(ready)
-
+    # ---- CmdSN order ----------------------------------------------------------------------
     def in_order(self, items: list[Any]) -> None:
         """Items whose CmdSN turn has come: tasks queue for delivery, others run now."""
         for item in items:
@@ -295,80 +247,9 @@ class TargetConnection:
                 order.popleft()
             elif head.state == READY:
                 order.popleft()
-                self._deliver(head)
+                datapath.deliver(self, head)
             else:
                 break
-
-    def _deliver(self, task: Task) -> None:
-        assert self.session is not None
-        task.state = EXECUTING
-        expected_in = task.edtl if task.read else 0
-        try:
-            attr = TaskAttr(task.attr)
-        except ValueError:
-            attr = TaskAttr.SIMPLE
-        cmd = ScsiCommand(task.cdb, task.lun, self.session.nexus, task.payload(), expected_in,
-                          attr, task.itt)
-        self.events.append(CommandReady(task.itt, cmd))
-
-    def _on_data_out(self, pdu: DataOut) -> None:
-        task = self.tasks.get(pdu.itt)
-        if task is None or task.state == ABORTED:
-            if pdu.itt in self.aborted or task is not None:
-                return  # data of an aborted task: dropped (§11.5.1)
-            raise RemoteProtocolError(f"Data-Out for unknown ITT 0x{pdu.itt:08x}",
-                                      RejectReason.INVALID_PDU_FIELD, fatal=False)
-        if task.state == FAILED:
-            if task.sequence_pdu(pdu.ttt, pdu.final):
-                self._finish_failed(task)
-            return
-        try:
-            self._take_data_out(task, pdu)
-        except DataOutError as exc:
-            self.data_out_failed(task, pdu, exc.sense)
-
-    def _take_data_out(self, task: Task, pdu: DataOut) -> None:
-        if pdu.ttt == RESERVED_TAG:
-            task.unsolicited(pdu.datasn, pdu.offset, pdu.data, pdu.final)
-            if task.state == SOLICITING:
-                self.send_r2ts(task)
-        else:
-            r2t = task.r2ts.get(pdu.ttt)
-            if r2t is None:
-                raise RemoteProtocolError(f"Data-Out with unknown TTT 0x{pdu.ttt:08x}",
-                                          RejectReason.PROTOCOL_ERROR)
-            if task.solicited(r2t, pdu.datasn, pdu.offset, pdu.data, pdu.final):
-                task.finish_r2t(r2t)
-                self.send_r2ts(task)
-        if task.state == READY:
-            if task.immediate:
-                self._deliver(task)
-            else:
-                self.pump()
-
-    def data_out_failed(self, task: Task, pdu: DataOut, sense: bytes) -> None:
-        """§7.8 (b): fail the task, answer once all its open sequences have ended."""
-        if task.state != FAILED:
-            task.fail(sense)
-        if task.sequence_pdu(pdu.ttt, pdu.final):
-            self._finish_failed(task)
-
-    def _finish_failed(self, task: Task) -> None:
-        del self.tasks[task.itt]
-        self.aborted.add(task.itt)
-        task.state = ABORTED  # leaves the delivery queue
-        w = self.window
-        seg = len(task.sense).to_bytes(2, "big") + task.sense
-        self.emit(pack_scsi_response(0, 0, 0x02, len(seg), task.itt, self.next_statsn(),
-                                     w.exp_cmdsn, w.max_cmdsn, task.responses, 0, 0), seg)
-        self.pump()
-
-    def send_r2ts(self, task: Task) -> None:
-        w = self.window
-        for r in task.next_r2ts(self.params, self.new_ttt):
-            task.responses += 1
-            self.emit(pack_r2t(task.lun_field, task.itt, r.ttt, self.statsn, w.exp_cmdsn,
-                               w.max_cmdsn, r.r2tsn, r.offset, r.length))
 
     # ---- results --------------------------------------------------------------------
     def complete_command(self, itt: int, result: ScsiResult) -> None:
@@ -383,55 +264,7 @@ class TargetConnection:
             control.aborted_task_done(self, task)
             return
         if self.state is State.FULL_FEATURE:
-            self._send_result(task, result)
-
-    def _send_result(self, task: Task, result: ScsiResult) -> None:
-        status, sense, data = int(result.status), result.sense, result.data
-        flags = residual = bidi_flags = bidi = n = 0
-        if task.read:  # §11.4.5: residuals against the expected length of each direction
-            read_flags, read_residual = _residual(task.read_len, len(data))
-            n = min(len(data), task.read_len)
-        if task.write:
-            flags, residual = _residual(task.edtl, result.data_out_used)
-            if task.read:  # bidirectional: o/u are the read's O/U shifted left by 2
-                bidi_flags, bidi = read_flags << 2, read_residual
-        elif task.read:
-            flags, residual = read_flags, read_residual
-        else:
-            flags, residual = _residual(task.edtl, len(data))  # no data phase at all
-        if n and self._send_data_in(task, data, n, status, sense, flags, residual):
-            return
-        w = self.window
-        seg = b"" if not sense else len(sense).to_bytes(2, "big") + sense
-        self.emit(pack_scsi_response(flags | bidi_flags, 0, status, len(seg), task.itt,
-                                     self.next_statsn(), w.exp_cmdsn, w.max_cmdsn,
-                                     task.responses, bidi, residual), seg)
-
-    def _send_data_in(self, task: Task, data: Buffer, n: int, status: int, sense: bytes,
-                      flags: int, residual: int) -> bool:
-        """Data-In PDUs for ``data[:n]``; True if the status went with the last one."""
-        w = self.window
-        collapse = status in _COLLAPSE_OK and not sense and not (task.read and task.write)
-        seg = self.params.peer_max_recv_data_segment
-        burst = self.params.max_burst_length
-        view = data if type(data) is memoryview else memoryview(data)
-        itt, emit, datasn, off = task.itt, self.emit, 0, 0
-        while off < n:
-            burst_end = min(off + burst, n)
-            while off < burst_end:
-                end = min(off + seg, burst_end)
-                if end == n and collapse:
-                    emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS | flags, status, end - off, 0,
-                                      itt, RESERVED_TAG, self.next_statsn(), w.exp_cmdsn,
-                                      w.max_cmdsn, datasn, off, residual), view[off:end])
-                else:
-                    emit(pack_data_in(FINAL_BIT if end == burst_end else 0, 0, end - off, 0,
-                                      itt, RESERVED_TAG, 0, w.exp_cmdsn, w.max_cmdsn, datasn,
-                                      off, 0), view[off:end])
-                datasn += 1
-                off = end
-        task.responses += datasn
-        return collapse
+            datapath.send_result(self, task, result)
 
     # ---- timers ------------------------------------------------------------------------
     def get_timer(self) -> float | None:
@@ -468,14 +301,6 @@ class TargetConnection:
         control.abort_matching(self, lambda t: lun is None or t.lun == lun, None)
 
 
-def _residual(expected: int, actual: int) -> tuple[int, int]:
-    if actual > expected:
-        return RSP_OVERFLOW, actual - expected
-    if actual < expected:
-        return RSP_UNDERFLOW, expected - actual
-    return 0, 0
-
-
 def _ignore(conn: TargetConnection, pdu: Pdu) -> None:
     return None
 
@@ -493,8 +318,8 @@ def _protocol_error(conn: TargetConnection, pdu: Pdu) -> None:
 _FF = State.FULL_FEATURE
 _DISPATCH: dict[tuple[State, int], Callable[[TargetConnection, Any], None]] = {
     (State.LOGIN, Opcode.LOGIN_REQUEST): TargetConnection._on_login,
-    (_FF, Opcode.SCSI_COMMAND): TargetConnection._on_scsi_command,
-    (_FF, Opcode.DATA_OUT): TargetConnection._on_data_out,
+    (_FF, Opcode.SCSI_COMMAND): datapath.on_scsi_command,
+    (_FF, Opcode.DATA_OUT): datapath.on_data_out,
     (_FF, Opcode.NOP_OUT): control.on_nop_pdu,
     (_FF, Opcode.TEXT_REQUEST): control.numbered(control.on_text),
     (_FF, Opcode.TASK_MGMT_REQUEST): control.numbered(control.on_tmf),

@@ -1,0 +1,226 @@
+"""The SCSI data path of the target: commands, Data-Out, R2T, Data-In, status.
+
+Theory of operation (the FULL_FEATURE rows of ``target._DISPATCH`` for SCSI
+Command and Data-Out, plus ``complete_command``'s half).  A SCSI Command
+inside the CmdSN window becomes a ``tasks.Task``; its immediate data is
+taken at once and R2Ts go out for what is still missing (at most
+MaxOutstandingR2T, each at most MaxBurstLength, §11.8).  Data-Out PDUs fill
+the task (``tasks.py`` checks DataSN, offsets, F bits); a broken sequence
+fails the task with CHECK CONDITION once its open sequences have ended
+(§7.8 b).  A complete task is delivered (``CommandReady``) in CmdSN order,
+an immediate one at once.  When the SCSI layer answers, the read data goes
+out as Data-In PDUs of at most the initiator's MaxRecvDataSegmentLength, in
+sequences of MaxBurstLength ending with the F bit; with no sense data the
+status rides on the last Data-In (phase collapse, §11.7.4), otherwise a SCSI
+Response follows, carrying the sense data (§11.4.7).  Residuals (§11.4.5):
+the data produced (reads) or needed by the CDB (writes, ``data_out_used``)
+against the Expected Data Transfer Length -- more is an overflow (O), less
+an underflow (U); a bidirectional command reports its read side in o/u.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from blockyard.errors import RemoteProtocolError
+from blockyard.iscsi.constants import (
+    DATA_IN_STATUS,
+    FINAL_BIT,
+    RESERVED_TAG,
+    RSP_OVERFLOW,
+    RSP_UNDERFLOW,
+    RejectReason,
+)
+from blockyard.iscsi.events import CommandReady
+from blockyard.iscsi.pdu import Buffer, decode_lun
+from blockyard.iscsi.pdu_initiator import DataOut, ScsiCommandPdu
+from blockyard.iscsi.pdu_target import pack_data_in, pack_r2t, pack_scsi_response
+from blockyard.iscsi.tasks import (
+    ABORTED,
+    CRC_ERROR,
+    EXECUTING,
+    FAILED,
+    READY,
+    SOLICITING,
+    DataOutError,
+    Task,
+)
+from blockyard.scsi.task import ScsiCommand, ScsiResult, TaskAttr
+
+if TYPE_CHECKING:
+    from blockyard.iscsi.target import TargetConnection
+
+_COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
+
+
+def _residual(expected: int, actual: int) -> tuple[int, int]:
+    if actual > expected:
+        return RSP_OVERFLOW, actual - expected
+    if actual < expected:
+        return RSP_UNDERFLOW, expected - actual
+    return 0, 0
+
+
+def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
+    assert conn.session is not None
+    w = conn.window
+    if not pdu.immediate and not w.in_window(pdu.cmdsn):
+        return  # §4.2.2.1: outside the window, silently ignored
+    if conn.session.discovery:  # the Reject path below also skips its CmdSN
+        raise RemoteProtocolError("SCSI command in a discovery session",
+                                  RejectReason.PROTOCOL_ERROR, fatal=False)
+    if pdu.itt in conn.tasks or pdu.itt == RESERVED_TAG:
+        raise RemoteProtocolError("ITT in use", RejectReason.TASK_IN_PROGRESS, fatal=False)
+    if pdu.immediate and len(conn.tasks) >= 2 * conn.portal.cmd_window:
+        raise RemoteProtocolError("too many immediate commands",
+                                  RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
+    ready: list[Any] | None = None
+    task = Task(pdu.itt, decode_lun(pdu.lun), pdu.lun, pdu.cmdsn, pdu.immediate, pdu.cdb,
+                pdu.edtl, pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
+    if not pdu.immediate:
+        ready = w.arrive(pdu.cmdsn, task)
+        if ready is None:
+            return  # a CmdSN already taken: a duplicate, ignored
+    task.start_write(pdu.data, pdu.final, conn.params)
+    conn.tasks[pdu.itt] = task
+    if task.state == SOLICITING:
+        send_r2ts(conn, task)
+    if pdu.immediate:
+        if task.state == READY:
+            deliver(conn, task)
+    elif ready:
+        conn.in_order(ready)
+
+
+def deliver(conn: TargetConnection, task: Task) -> None:
+    assert conn.session is not None
+    task.state = EXECUTING
+    expected_in = task.edtl if task.read else 0
+    try:
+        attr = TaskAttr(task.attr)
+    except ValueError:
+        attr = TaskAttr.SIMPLE
+    cmd = ScsiCommand(task.cdb, task.lun, conn.session.nexus, task.payload(), expected_in,
+                      attr, task.itt)
+    conn.events.append(CommandReady(task.itt, cmd))
+
+
+def on_data_out(conn: TargetConnection, pdu: DataOut) -> None:
+    task = conn.tasks.get(pdu.itt)
+    if task is None or task.state == ABORTED:
+        if pdu.itt in conn.aborted or task is not None:
+            return  # data of an aborted task: dropped (§11.5.1)
+        raise RemoteProtocolError(f"Data-Out for unknown ITT 0x{pdu.itt:08x}",
+                                  RejectReason.INVALID_PDU_FIELD, fatal=False)
+    if task.state == FAILED:
+        if task.sequence_pdu(pdu.ttt, pdu.final):
+            _finish_failed(conn, task)
+        return
+    try:
+        _take_data_out(conn, task, pdu)
+    except DataOutError as exc:
+        data_out_failed(conn, task, pdu, exc.sense)
+
+
+def _take_data_out(conn: TargetConnection, task: Task, pdu: DataOut) -> None:
+    if pdu.ttt == RESERVED_TAG:
+        task.unsolicited(pdu.datasn, pdu.offset, pdu.data, pdu.final)
+        if task.state == SOLICITING:
+            send_r2ts(conn, task)
+    else:
+        r2t = task.r2ts.get(pdu.ttt)
+        if r2t is None:
+            raise RemoteProtocolError(f"Data-Out with unknown TTT 0x{pdu.ttt:08x}",
+                                      RejectReason.PROTOCOL_ERROR)
+        if task.solicited(r2t, pdu.datasn, pdu.offset, pdu.data, pdu.final):
+            task.finish_r2t(r2t)
+            send_r2ts(conn, task)
+    if task.state == READY:
+        if task.immediate:
+            deliver(conn, task)
+        else:
+            conn.pump()
+
+
+def data_out_failed(conn: TargetConnection, task: Task, pdu: DataOut, sense: bytes) -> None:
+    """§7.8 (b): fail the task, answer once all its open sequences have ended."""
+    if task.state != FAILED:
+        task.fail(sense)
+    if task.sequence_pdu(pdu.ttt, pdu.final):
+        _finish_failed(conn, task)
+
+
+def _finish_failed(conn: TargetConnection, task: Task) -> None:
+    del conn.tasks[task.itt]
+    conn.aborted.add(task.itt)
+    task.state = ABORTED  # leaves the delivery queue
+    w = conn.window
+    seg = len(task.sense).to_bytes(2, "big") + task.sense
+    conn.emit(pack_scsi_response(0, 0, 0x02, len(seg), task.itt, conn.next_statsn(),
+                                 w.exp_cmdsn, w.max_cmdsn, task.responses, 0, 0), seg)
+    conn.pump()
+
+
+def send_r2ts(conn: TargetConnection, task: Task) -> None:
+    w = conn.window
+    for r in task.next_r2ts(conn.params, conn.new_ttt):
+        task.responses += 1
+        conn.emit(pack_r2t(task.lun_field, task.itt, r.ttt, conn.statsn, w.exp_cmdsn,
+                           w.max_cmdsn, r.r2tsn, r.offset, r.length))
+
+
+def send_result(conn: TargetConnection, task: Task, result: ScsiResult) -> None:
+    status, sense, data = int(result.status), result.sense, result.data
+    flags = residual = bidi_flags = bidi = n = 0
+    if task.read:  # §11.4.5: residuals against the expected length of each direction
+        read_flags, read_residual = _residual(task.read_len, len(data))
+        n = min(len(data), task.read_len)
+    if task.write:
+        flags, residual = _residual(task.edtl, result.data_out_used)
+        if task.read:  # bidirectional: o/u are the read's O/U shifted left by 2
+            bidi_flags, bidi = read_flags << 2, read_residual
+    elif task.read:
+        flags, residual = read_flags, read_residual
+    else:
+        flags, residual = _residual(task.edtl, len(data))  # no data phase at all
+    if n and _send_data_in(conn, task, data, n, status, sense, flags, residual):
+        return
+    w = conn.window
+    seg = b"" if not sense else len(sense).to_bytes(2, "big") + sense
+    conn.emit(pack_scsi_response(flags | bidi_flags, 0, status, len(seg), task.itt,
+                                 conn.next_statsn(), w.exp_cmdsn, w.max_cmdsn,
+                                 task.responses, bidi, residual), seg)
+
+
+def _send_data_in(conn: TargetConnection, task: Task, data: Buffer, n: int, status: int,
+                  sense: bytes, flags: int, residual: int) -> bool:
+    """Data-In PDUs for ``data[:n]``; True if the status went with the last one."""
+    w = conn.window
+    collapse = status in _COLLAPSE_OK and not sense and not (task.read and task.write)
+    seg = conn.params.peer_max_recv_data_segment
+    burst = conn.params.max_burst_length
+    view = data if type(data) is memoryview else memoryview(data)
+    itt, emit, datasn, off = task.itt, conn.emit, 0, 0
+    while off < n:
+        burst_end = min(off + burst, n)
+        while off < burst_end:
+            end = min(off + seg, burst_end)
+            if end == n and collapse:
+                emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS | flags, status, end - off, 0,
+                                  itt, RESERVED_TAG, conn.next_statsn(), w.exp_cmdsn,
+                                  w.max_cmdsn, datasn, off, residual), view[off:end])
+            else:
+                emit(pack_data_in(FINAL_BIT if end == burst_end else 0, 0, end - off, 0,
+                                  itt, RESERVED_TAG, 0, w.exp_cmdsn, w.max_cmdsn, datasn,
+                                  off, 0), view[off:end])
+            datasn += 1
+            off = end
+    task.responses += datasn
+    return collapse
+
+
+def bad_data_out(conn: TargetConnection, pdu: DataOut) -> None:
+    """A Data-Out whose data digest failed: its task fails (§7.8 b)."""
+    task = conn.tasks.get(pdu.itt)
+    if task is not None and task.state not in (ABORTED, EXECUTING, READY):
+        data_out_failed(conn, task, pdu, CRC_ERROR)
