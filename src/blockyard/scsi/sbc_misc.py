@@ -171,9 +171,11 @@ async def write_same(unit: DiskUnit, req: Request) -> ScsiResult:
 
 
 async def _fill(unit: DiskUnit, lba: int, blocks: int, pattern: bytes, unmap: bool) -> None:
+    """UNMAP=1 unmaps whatever the pattern (SBC-3 5.41; libiscsi and LIO agree): with
+    LBPRZ=1 the blocks then read as zeroes."""
     bs = unit.block_size
-    if not any(pattern):
-        await unit.layer.zero(lba * bs, blocks * bs, may_trim=unmap and unit.thin)
+    if unmap or not any(pattern):
+        await unit.layer.zero(lba * bs, blocks * bs, may_trim=unmap)
         return
     per_chunk = max(1, FILL_CHUNK // bs)
     chunk = pattern * min(per_chunk, blocks)

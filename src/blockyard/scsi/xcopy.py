@@ -110,9 +110,7 @@ def _target(unit: DiskUnit, params: bytes, off: int) -> DiskUnit | None:
     """An Identification Descriptor CSCD descriptor (SPC-4 6.3.6.2); None for NUL."""
     if params[off] != CSCD_IDENTIFICATION:
         raise ScsiError(ILLEGAL_REQUEST, *UNSUPPORTED_TARGET_DESCRIPTOR_TYPE)
-    lu_id_type, nul, pdt = params[off + 1] >> 6, params[off + 1] & 0x20, params[off + 1] & 0x1F
-    if lu_id_type != 0:
-        raise invalid_param(off + 1, 7)  # only LU identifiers, no proxy tokens
+    nul, pdt = params[off + 1] & 0x20, params[off + 1] & 0x1F  # bits 7-6: ignored in SPC-4
     if nul:
         return None
     if pdt != 0:

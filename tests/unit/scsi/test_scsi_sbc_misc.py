@@ -126,6 +126,9 @@ async def test_write_same_unmap_and_ndob(h: Harness) -> None:
     result = await h.run(write_same16(8, 8, 0x09))  # UNMAP + NDOB, no data
     assert result.status == 0 and result.data_out_used == 0
     assert await h.ok(read10(8, 8)) == bytes(8 * BS)
+    await h.ok(write10(0, 4), b"w" * 4 * BS)
+    await h.ok(write_same10(0, 4, 0x08), b"p" * BS)  # UNMAP wins over the pattern
+    assert await h.ok(read10(0, 4)) == bytes(4 * BS)
 
 
 async def test_write_same_zero_blocks_means_to_the_end(h: Harness) -> None:

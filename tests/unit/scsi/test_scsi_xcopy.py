@@ -120,7 +120,9 @@ async def test_descriptor_type_and_field_errors(h: Harness) -> None:
     p = params([target(naa)], [segment(0, 0, 8, 0, 100, kind=0x09)])
     assert await h.sense(xcopy_cdb(len(p)), p) == (ILLEGAL_REQUEST,
                                                    *UNSUPPORTED_SEGMENT_DESCRIPTOR_TYPE)
-    p = params([target(naa, byte1=0xC0)], [seg])  # reserved LU ID TYPE
+    p = params([target(naa, byte1=0xC0)], [seg])  # LU ID TYPE: ignored since SPC-4
+    await h.ok(xcopy_cdb(len(p)), p)
+    p = params([target(naa, byte1=0x05)], [seg])  # not a block device
     assert await h.sense(xcopy_cdb(len(p)), p) == (ILLEGAL_REQUEST,
                                                    *INVALID_FIELD_IN_PARAM_LIST)
 
