@@ -75,6 +75,7 @@ class AioNbdClient(asyncio.BufferedProtocol):
         self.completion_order: list[int] = []
         self.error: Exception | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.corked = False
 
     # ---- protocol callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,7 +142,17 @@ class AioNbdClient(asyncio.BufferedProtocol):
                 fut.set_exception(exc)
         self.replies.clear()
 
+    def cork(self) -> None:
+        """Hold requests back until ``uncork()``: one burst in one write."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        self.corked = False
+        self._flush()
+
     def _flush(self) -> None:
+        if self.corked:
+            return
         out = self.core.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(out)
