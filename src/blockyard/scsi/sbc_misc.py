@@ -146,6 +146,7 @@ async def write_same(unit: DiskUnit, req: Request) -> ScsiResult:
         raise invalid_cdb(1, 7)
     if anchor:
         raise invalid_cdb(1, 4)  # ANCHOR needs UNMAP, and ANC_SUP=0 anyway
+    unit.check_writable()  # DATA PROTECT before an unsupported UNMAP bit (libiscsi ReadOnly)
     if unmap_bit and not unit.thin:
         raise invalid_cdb(1, 3)
     check_control(cdb, 16 if ws16 else 10)
@@ -156,7 +157,6 @@ async def write_same(unit: DiskUnit, req: Request) -> ScsiResult:
             raise lba_out_of_range()
         blocks = unit.capacity_blocks - lba
     unit.check_range(lba, blocks)
-    unit.check_writable()
     bs = unit.block_size
     if ndob:
         pattern, used = bytes(bs), 0

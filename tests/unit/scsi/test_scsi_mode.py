@@ -138,3 +138,19 @@ async def test_mode_select_checks(h: Harness) -> None:
     bd = struct.pack(">IxBH", 0, 0, 4096)
     params = bytes((0, 0, 0, 8)) + bd + page
     assert await h.sense(mode_select6(len(params)), params) == BAD_PARAM
+
+
+async def test_mode_select10(h: Harness) -> None:
+    page = await _current_page(h, 0x08)
+    page[2] &= ~0x04
+    params = bytes(8) + bytes(page)
+    cdb = struct.pack(">BB5xHB", 0x55, 0x10, len(params), 0)
+    await h.ok(cdb, params)
+    assert not h.unit.mode.wce
+    ms = await h.ok(mode_sense10(0x08, dbd=1))
+    assert not pages_of(ms, 8)[0x08][2] & 0x04
+    long_bd = struct.pack(">Q4xI", 0, BS)
+    params = bytes((0, 0, 0, 0, 1, 0, 0, 16)) + long_bd + bytes(page)
+    await h.ok(struct.pack(">BB5xHB", 0x55, 0x10, len(params), 0), params)
+    bad = bytes((0, 0, 0, 0, 1, 0, 0, 12)) + bytes(12) + bytes(page)
+    assert await h.sense(struct.pack(">BB5xHB", 0x55, 0x10, len(bad), 0), bad) == BAD_PARAM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 
 import pytest
@@ -20,15 +21,24 @@ from scsi_cdbs import (
 )
 from scsi_harness import BLOCKS, BS, Harness, make
 
-from blockyard.scsi.disk import DiskOptions
+from blockyard.block.ram import RamDisk
+from blockyard.errors import BlockError
+from blockyard.scsi.device import ScsiTargetDevice
+from blockyard.scsi.disk import DiskOptions, DiskUnit
 from blockyard.scsi.sense import (
     DATA_PROTECT,
+    HARDWARE_ERROR,
     ILLEGAL_REQUEST,
+    INTERNAL_TARGET_FAILURE,
     INVALID_FIELD_IN_CDB,
     INVALID_FIELD_IN_CDB_IU,
     LBA_OUT_OF_RANGE,
+    MEDIUM_ERROR,
     MISCOMPARE,
     MISCOMPARE_DURING_VERIFY,
+    SPACE_ALLOC_FAILED_WRITE_PROTECT,
+    UNRECOVERED_READ_ERROR,
+    WRITE_ERROR,
     WRITE_PROTECTED,
 )
 from blockyard.scsi.task import Status
@@ -189,3 +199,43 @@ async def test_write_atomic16(h: Harness) -> None:
     assert await h.sense(oob, bytes(2 * BS)) == OOB
     boundary = struct.pack(">BBQHHBB", 0x9C, 0, 0, 1, 1, 0, 0)
     assert await h.sense(boundary, bytes(BS)) == BAD_CDB
+
+
+class Failing(RamDisk):
+    """A RAM disk whose reads and writes fail with a chosen errno."""
+
+    def __init__(self, size: int, err: int) -> None:
+        super().__init__(size)
+        self.err = err
+
+    async def _pread(self, offset: int, length: int) -> bytes:
+        raise BlockError(self.err)
+
+    async def _pwrite(self, offset: int, data: object, fua: bool) -> None:
+        raise BlockError(self.err)
+
+
+@pytest.mark.parametrize(("err", "read_sense", "write_sense"), [
+    (errno.EIO, (MEDIUM_ERROR, *UNRECOVERED_READ_ERROR), (MEDIUM_ERROR, *WRITE_ERROR)),
+    (errno.ENOSPC, None, (DATA_PROTECT, *SPACE_ALLOC_FAILED_WRITE_PROTECT)),
+    (errno.EROFS, None, (DATA_PROTECT, *WRITE_PROTECTED)),
+    (errno.ENOTSUP, (HARDWARE_ERROR, *INTERNAL_TARGET_FAILURE), None),
+])
+async def test_layer_errors_become_sense(err: int, read_sense: tuple[int, int, int] | None,
+                                         write_sense: tuple[int, int, int] | None) -> None:
+    h = Harness(ScsiTargetDevice({0: DiskUnit(Failing(1 << 20, err))}), RamDisk(1))
+    await h.clear_ua()
+    if read_sense is not None:
+        assert await h.sense(read10(0, 1)) == read_sense
+    if write_sense is not None:
+        assert await h.sense(write10(0, 1), bytes(BS)) == write_sense
+
+
+async def test_4096_byte_blocks() -> None:
+    h = Harness(ScsiTargetDevice({0: DiskUnit(RamDisk(1 << 20), DiskOptions(block_size=4096))}),
+                RamDisk(1))
+    await h.clear_ua()
+    assert struct.unpack(">II", await h.ok(bytes((0x25,)) + bytes(9))) == (255, 4096)
+    await h.ok(write10(255, 1), b"k" * 4096)
+    assert await h.ok(read10(255, 1)) == b"k" * 4096
+    assert await h.sense(read10(256, 1)) == OOB

@@ -183,6 +183,12 @@ async def test_writes_on_read_only_unit() -> None:
     assert await h.sense(unmap(24), unmap_params((0, 1))) == wp
 
 
+async def test_write_protection_comes_before_an_unsupported_unmap_bit() -> None:
+    h = Harness(ScsiTargetDevice({0: DiskUnit(NoTrim(1 << 20, read_only=True))}), NoTrim(1))
+    await h.clear_ua()
+    assert await h.sense(write_same10(0, 1, 0x08)) == (DATA_PROTECT, *WRITE_PROTECTED)
+
+
 async def removable() -> Harness:
     h = make(DiskOptions(removable=True))
     await h.clear_ua()
