@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from blockyard.block.formats.base import ImageLayer
-from blockyard.errors import MediaError
+from blockyard.errors import ConfigError, MediaError
 
 COPY_CHUNK = 1 << 20
 
@@ -124,6 +124,12 @@ def delete_files(paths: list[str]) -> list[str]:
 
 
 def absolute(path: str) -> str:
-    """An absolute, normalised path (symlinks in the directory part resolved)."""
+    """An absolute, normalised path (symlinks in the directory part resolved).
+
+    Relative paths are refused: the daemon's working directory is not the
+    caller's, so a relative path over the control API would name the wrong file.
+    """
     p = Path(path).expanduser()
+    if not p.is_absolute():
+        raise ConfigError(f"{path}: give an absolute path")
     return str(p.parent.resolve() / p.name)
