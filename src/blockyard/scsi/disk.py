@@ -85,6 +85,9 @@ class DiskUnit(LogicalUnit):
         self.identity = Identity(opts.vendor, opts.product, opts.revision, opts.uuid)
         self.mode = ModeState(wce=opts.write_cache)
         self.gate = IoGate()
+        limits = layer.limits  # fixed for the life of the layer stack
+        self.max_transfer_blocks = max(1, limits.maximum // self.block_size)
+        self.optimal_granularity = max(1, limits.preferred // self.block_size)
         self.copies: dict[tuple[Nexus, int], CopyStatus] = {}  # RECEIVE COPY RESULTS
         super().__init__()
         self._known_capacity = self.capacity_blocks
@@ -94,13 +97,6 @@ class DiskUnit(LogicalUnit):
     def capacity_blocks(self) -> int:
         return self.layer.size // self.block_size
 
-    @property
-    def max_transfer_blocks(self) -> int:
-        return max(1, self.layer.limits.maximum // self.block_size)
-
-    @property
-    def optimal_granularity(self) -> int:
-        return max(1, self.layer.limits.preferred // self.block_size)
 
     @property
     def write_protected(self) -> bool:

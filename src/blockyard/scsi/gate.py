@@ -13,9 +13,23 @@ awaited: the SCSI core stays free of I/O at import time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
+
+
+class _Hold:
+    """``async with gate.shared()`` / ``gate.exclusive()``: no generator, no await when free."""
+
+    __slots__ = ("_gate", "_exclusive")
+
+    def __init__(self, gate: IoGate, exclusive: bool) -> None:
+        self._gate = gate
+        self._exclusive = exclusive
+
+    async def __aenter__(self) -> None:
+        await self._gate.acquire(self._exclusive)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._gate.release(self._exclusive)
 
 
 class IoGate:
@@ -24,29 +38,22 @@ class IoGate:
         self._exclusive = False
         self._waiters: deque[tuple[bool, Any]] = deque()
 
-    @asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        if self._exclusive or self._waiters:
-            await self._wait(False)
+    def shared(self) -> _Hold:
+        return _Hold(self, False)
+
+    def exclusive(self) -> _Hold:
+        return _Hold(self, True)
+
+    async def acquire(self, exclusive: bool) -> None:
+        if self._exclusive or self._waiters or (exclusive and self._shared):
+            await self._wait(exclusive)
+        elif exclusive:
+            self._exclusive = True
         else:
             self._shared += 1
-        try:
-            yield
-        finally:
-            self._shared -= 1
-            self._wake()
 
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        if self._exclusive or self._shared or self._waiters:
-            await self._wait(True)
-        else:
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            self._exclusive = False
-            self._wake()
+    def release(self, exclusive: bool) -> None:
+        self._release(exclusive)
 
     async def _wait(self, exclusive: bool) -> None:
         import asyncio  # the loop that awaits the layer; see the module docstring
