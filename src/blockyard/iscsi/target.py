@@ -219,6 +219,7 @@ class TargetConnection:
         self.reader.max_data_segment = p.max_recv_data_segment
         self.state = State.FULL_FEATURE
         self._next_ping = self._now + self.portal.nop_interval
+        self._activity = False  # the login itself is counted by _next_ping
         self.events.append(LoginComplete(session, self.login.replaced))
 
     def _invalid_in_login(self, pdu: Pdu) -> None:

@@ -105,7 +105,9 @@ class Sim:
             if rsp.status:
                 return rsp
             names = []
-        rsp = self.login_pdu(names + OP_KEYS + (extra or []), 1, 3)
+        keys = dict(OP_KEYS)
+        keys.update(extra or [])
+        rsp = self.login_pdu(names + list(keys.items()), 1, 3)
         if rsp.status == 0 and rsp.transit:
             keys = dict(parse_text(rsp.data))
             self.hd = keys.get("HeaderDigest") == "CRC32C"
