@@ -41,6 +41,7 @@ def check(img: VdiImage, repair: bool = False) -> CheckReport:
     """Scan header and map as they are on disk (unflushed metadata is published first)."""
     if not img.read_only and img._meta_dirty():
         img._publish_sync()
+        img._squeeze_sync(None)  # what a flush would move, all of it
     report = CheckReport(img.path)
     found = findings(img, report)
     if not found or not repair:
