@@ -1,16 +1,15 @@
-"""Shared fixtures for the interop tests (real peers from Debian).
+"""Fixtures for the interop tests (real peers from Debian).
 
-``require_tool(name)`` is the one rule for missing peers: in CI (``CI=true``)
-a missing peer is a failure, elsewhere the test is skipped with a loud reason
-that says which Debian package brings the tool.  Tests name their peers with
-``@pytest.mark.peers("qemu-img", ...)`` (checked before each test) and get
-libnbd's Python module from the ``nbd`` fixture, under the same rule.
+The rule for missing peers is ``require_tool`` in tests/conftest.py: in CI
+(``CI=true``) a missing peer fails, elsewhere the test is skipped loudly.
+Tests name their peers with ``@pytest.mark.peers("qemu-img", ...)`` (checked
+through that fixture before each test) and get libnbd's Python module from
+the ``nbd`` fixture, under the same rule.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,42 +21,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from nbd_helpers import NbdServerProc, start_server  # noqa: E402
 
-PACKAGES = {
-    "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbdsh": "libnbd-bin",
-    "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
-    "nbdkit": "nbdkit", "fio": "fio", "nbd": "python3-libnbd",
-}
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _missing(name: str, why: str) -> None:
-    package = PACKAGES.get(name, "?")
-    message = f"interop peer {name!r} is missing ({why}; Debian package {package})"
-    if in_ci():
-        pytest.fail(f"{message}: a missing peer fails the run in CI", pytrace=False)
-    warnings.warn(message, stacklevel=3)
-    pytest.skip(f"SKIPPED LOUDLY: {message}; run `make peers` to install it")
-
-
-def require_tool(name: str) -> str:
-    """Path of the executable ``name``; fail in CI, skip loudly elsewhere."""
-    path = shutil.which(name)
-    if path is None:
-        _missing(name, "not on PATH")
-    return str(path)
-
-
-def require_libnbd():  # type: ignore[no-untyped-def]
-    """libnbd's Python module ``nbd``, under the same rule as ``require_tool``."""
-    try:
-        import nbd
-    except ImportError as exc:
-        _missing("nbd", f"import failed: {exc}")
-    return nbd
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -66,15 +29,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _required_peers(request: pytest.FixtureRequest) -> None:
-    for marker in request.node.iter_markers("peers"):
-        for tool in marker.args:
+    tools = [tool for marker in request.node.iter_markers("peers") for tool in marker.args]
+    if tools:
+        require_tool: Callable[[str], str] = request.getfixturevalue("require_tool")
+        for tool in tools:
             require_tool(tool)
 
 
 @pytest.fixture
 def nbd():  # type: ignore[no-untyped-def]
-    """libnbd's Python module (Debian's python3-libnbd)."""
-    return require_libnbd()
+    """libnbd's Python module (Debian's python3-libnbd, linked into the venv)."""
+    try:
+        import nbd as module
+    except ImportError as exc:
+        message = f"libnbd's Python module is missing ({exc}; Debian package python3-libnbd)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{message}: a missing peer fails the run in CI", pytrace=False)
+        warnings.warn(message, stacklevel=2)
+        pytest.skip(f"SKIPPED LOUDLY: {message}; run `make setup`")
+    return module
 
 
 @pytest.fixture
@@ -82,7 +55,7 @@ def nbd_server(tmp_path: Path) -> Iterator[Callable[..., NbdServerProc]]:
     """Factory: ``nbd_server(*files, read_only=False)`` starts blockyard on port 0.
 
     Every server started is stopped (SIGTERM, by PID) at teardown, and a server
-    that did not shut down cleanly fails the test.
+    that did not shut down cleanly (exit status 0) fails the test.
     """
     started: list[NbdServerProc] = []
 
