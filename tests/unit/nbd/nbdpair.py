@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from blockyard.nbd import constants as c
-from blockyard.nbd import replies
+from blockyard.nbd import replies, wire
 from blockyard.nbd.client import ClientConnection
 from blockyard.nbd.client_events import Closed
 from blockyard.nbd.events import NEED_DATA, Disconnect, ExportQuery, ExportSpec, ListQuery, Request
@@ -245,6 +245,21 @@ def feed_zero_copy(core: ServerConnection | ClientConnection, data: bytes,
         mv = mv[n:]
         if after is not None:
             after()
+
+
+def server_in_transmission(structured: bool, size: int = 1 << 20) -> ServerConnection:
+    """A bare server core in transmission on export 'disk' (no application)."""
+    server = ServerConnection()
+    server.data_to_send()
+    server.receive_data(wire.CLIENT_FLAGS.pack(3))
+    if structured:
+        server.receive_data(wire.option(c.Opt.STRUCTURED_REPLY))
+    server.receive_data(wire.option(c.Opt.GO, wire.info_request("disk")))
+    event = server.next_event()
+    assert isinstance(event, ExportQuery)
+    server.accept_export(ExportSpec("disk", size, ALL_FLAGS))
+    server.data_to_send()
+    return server
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nbdcraft import feed, greeted, ready_client
-from nbdpair import ALL_FLAGS, Pair, drain
+from nbdpair import Pair, drain, server_in_transmission
 
 from blockyard.nbd import client_codec as codec
 from blockyard.nbd import constants as c
@@ -40,20 +40,6 @@ names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
                 max_size=40).filter(lambda s: len(s.encode()) <= c.MAX_STRING)
 u64 = st.integers(0, (1 << 64) - 1)
 wire_errors = st.sampled_from(sorted(c.WIRE_ERRNOS))
-
-
-def server_in_transmission(structured: bool) -> ServerConnection:
-    server = ServerConnection()
-    server.data_to_send()
-    server.receive_data(wire.CLIENT_FLAGS.pack(3))
-    if structured:
-        server.receive_data(wire.option(c.Opt.STRUCTURED_REPLY))
-    server.receive_data(wire.option(c.Opt.GO, wire.info_request("disk")))
-    event = server.next_event()
-    assert isinstance(event, ExportQuery)
-    server.accept_export(ExportSpec("disk", SIZE, ALL_FLAGS))
-    server.data_to_send()
-    return server
 
 
 # ---- requests: client core -> server core ---------------------------------------------------

@@ -3,8 +3,6 @@ client core's ``send_option`` or straight into the server (proto.md "Option type
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from nbdpair import ALL_FLAGS, Pair, make_disk
 
@@ -39,12 +37,8 @@ def single_error(p: Pair) -> OptionError:
     wire.lp_string("disk") + U16(2) + U16(0),  # count says 2 requests, 1 present
     wire.lp_string("disk") + U16(0) + b"x",  # trailing byte
     wire.lp_string(b"\xff\xfe") + U16(0),  # not UTF-8
-    pytest.param(wire.lp_string("disk"), marks=pytest.mark.xfail(
-        strict=True, raises=struct.error, reason="server core: INFO/GO data ending after the "
-        "name makes U16.unpack_from raise struct.error, which is not caught")),
-    pytest.param(wire.lp_string("disk") + b"\x00", marks=pytest.mark.xfail(
-        strict=True, raises=struct.error,
-        reason="server core: struct.error escapes (1-byte count)")),
+    wire.lp_string("disk"),  # ends after the name (struct.error once escaped)
+    wire.lp_string("disk") + b"\x00",  # a 1-byte count
 ])
 def test_malformed_info_is_err_invalid(data: bytes) -> None:
     p = negotiating()
@@ -60,9 +54,7 @@ def test_malformed_info_is_err_invalid(data: bytes) -> None:
     wire.lp_string("disk") + U32(2) + wire.lp_string("base:allocation"),  # count too high
     wire.meta_request("disk", ["base:allocation"]) + b"z",  # trailing byte
     wire.lp_string("disk") + U32(1) + U32(5000) + b"x" * 5000,  # query above 4096 bytes
-    pytest.param(wire.lp_string("disk"), marks=pytest.mark.xfail(
-        strict=True, raises=struct.error, reason="server core: META_CONTEXT data ending after "
-        "the name makes U32.unpack_from raise struct.error, which is not caught")),
+    wire.lp_string("disk"),  # ends after the name (struct.error once escaped)
 ])
 def test_malformed_meta_context_is_err_invalid(opt: int, data: bytes) -> None:
     p = negotiating(structured=True)
@@ -99,9 +91,6 @@ def block_status_error(p: Pair) -> int:
     return done.error
 
 
-@pytest.mark.xfail(strict=True, reason="server core: accept_export compares the SET name with "
-                   "the export's canonical name (spec.name), so SET('') + GO('') drops the "
-                   "contexts the server just granted")
 def test_set_and_go_with_the_default_name_keep_the_contexts() -> None:
     p = negotiating(structured=True)
     p.client.set_meta_context("", ["base:allocation"])
@@ -113,9 +102,6 @@ def test_set_and_go_with_the_default_name_keep_the_contexts() -> None:
     assert block_status_error(p) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="server core: a failed SET_META_CONTEXT leaves the "
-                   "previous selection active; proto.md: it 'replaces all previously-set "
-                   "metadata contexts (including when this command fails)'")
 def test_failed_set_meta_context_clears_the_selection() -> None:
     p = negotiating(structured=True)
     p.client.set_meta_context("disk", ["base:allocation"])
@@ -144,8 +130,6 @@ def test_list_meta_context_before_structured_is_allowed() -> None:
     assert isinstance(events[0], MetaContext) and events[-1] == OptionAck(Opt.LIST_META_CONTEXT)
 
 
-@pytest.mark.xfail(strict=True, reason="server core: NBD_FLAG_C_NO_ZEROES accepted although "
-                   "the server did not advertise NBD_FLAG_NO_ZEROES (proto.md: MUST drop)")
 def test_client_no_zeroes_not_advertised_is_fatal() -> None:
     p = Pair(server_flags=c.HandshakeFlag.FIXED_NEWSTYLE)
     p.server.data_to_send()
@@ -155,9 +139,6 @@ def test_client_no_zeroes_not_advertised_is_fatal() -> None:
 
 
 # ---- request checks the spec words as SHOULD -------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="server core: TRIM beyond the end answers ENOSPC; "
-                   "proto.md 'Error values': SHOULD return EINVAL for a read or trim request "
-                   "beyond the size")
 def test_trim_past_the_end_is_einval() -> None:
     p = Pair([make_disk("disk", 1 << 20, ALL_FLAGS)])
     p.handshake()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from nbdcraft import feed, greeted, ready_client
+from nbdpair import server_in_transmission
 
 from blockyard.nbd import client_events as ev
 from blockyard.nbd import constants as c
@@ -156,7 +157,6 @@ def test_client_vectors_decode(vector: dict[str, Any]) -> None:
     else:
         assert wire.REQUEST.unpack(raw) == (c.REQUEST_MAGIC, f["flags"], f["cmd"], f["cookie"],
                                             f["offset"], f["length"])
-        from test_nbd_roundtrip import server_in_transmission
         server = server_in_transmission(True)
         server.receive_data(raw)
         event = server.next_event()
