@@ -109,7 +109,8 @@ def assert_flushed_state(data: bytes, model: bytearray, after: list[tuple[int, i
                 continue
             bad = [c + k for k, (g, w) in enumerate(zip(got, want, strict=True))
                    if g != w and g not in values]
-            assert not bad, f"byte {bad[0]} holds neither the flushed data nor a later write"
+            assert not bad, (f"byte {bad[0]} holds {data[bad[0]]}: neither the flushed "
+                             f"{model[bad[0]]} nor a later write {sorted(values)}")
 
 
 def kill_after_flushes(path: Path, seed: str, flushes: int, delay: float) -> int:
@@ -125,7 +126,11 @@ def kill_after_flushes(path: Path, seed: str, flushes: int, delay: float) -> int
         time.sleep(delay)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
+        # read() drains what readline() already buffered, then the pipe up to EOF;
+        # communicate(timeout=...) would bypass that buffer and lose lines.
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
     for line in out.splitlines():  # flushes that finished before the kill landed
         if line.startswith("FLUSHED"):
             seen = int(line.split()[1])
@@ -162,7 +167,10 @@ async def crash_once(tmp_path: Path, fmt: str, seed: str) -> None:
     assert img.check().clean
     assert bytes(await img.pread(0, SIZE)) == data
     model, after = replay(seed, flushed, 2 * EVERY - 1)
-    assert_flushed_state(data, model, after)
+    try:
+        assert_flushed_state(data, model, after)
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed!r}, last flush seen {flushed}: {exc}") from None
     await img.close()
     raw = tmp_path / "q.raw"
     subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", str(p), str(raw)], check=True)
