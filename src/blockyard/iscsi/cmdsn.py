@@ -39,6 +39,12 @@ class CommandWindow(Generic[T]):
     def in_window(self, cmdsn: int) -> bool:
         return in_window(cmdsn, self.exp_cmdsn, self.max_cmdsn)
 
+    def accepts(self, cmdsn: int) -> bool:
+        """Would ``arrive`` take this number?  (In the window and not seen yet.)"""
+        if cmdsn == self.exp_cmdsn:
+            return True
+        return self.in_window(cmdsn) and cmdsn not in self._early
+
     def arrive(self, cmdsn: int, item: T) -> list[T] | None:
         """Accept ``item`` numbered ``cmdsn``.
 
@@ -46,9 +52,9 @@ class CommandWindow(Generic[T]):
         precedes this one), or None if the number is outside the window or
         already taken: the caller drops the command without an answer.
         """
-        if not self.in_window(cmdsn) or cmdsn in self._early:
-            return None
         if cmdsn != self.exp_cmdsn:
+            if not self.in_window(cmdsn) or cmdsn in self._early:
+                return None
             self._early[cmdsn] = item
             return []
         ready = [item]

@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from blockyard.iscsi.target import TargetConnection
 
 _COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
+# §11.3.1 ATTR values 0-4 are SAM task attributes; 5-7 are reserved, taken as SIMPLE
+_ATTRS = tuple(TaskAttr(a) if a <= 4 else TaskAttr.SIMPLE for a in range(8))
 
 
 def _residual(expected: int, actual: int) -> tuple[int, int]:
@@ -64,8 +66,8 @@ def _residual(expected: int, actual: int) -> tuple[int, int]:
 def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
     assert conn.session is not None
     w = conn.window
-    if not pdu.immediate and not w.in_window(pdu.cmdsn):
-        return  # §4.2.2.1: outside the window, silently ignored
+    if not pdu.immediate and not w.accepts(pdu.cmdsn):
+        return  # §4.2.2.1: outside the window or a duplicate, silently ignored
     if conn.session.discovery:  # the Reject path below also skips its CmdSN
         raise RemoteProtocolError("SCSI command in a discovery session",
                                   RejectReason.PROTOCOL_ERROR, fatal=False)
@@ -79,8 +81,6 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
                 pdu.edtl, pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
     if not pdu.immediate:
         ready = w.arrive(pdu.cmdsn, task)
-        if ready is None:
-            return  # a CmdSN already taken: a duplicate, ignored
     task.start_write(pdu.data, pdu.final, conn.params)
     conn.tasks[pdu.itt] = task
     if task.state == SOLICITING:
@@ -93,15 +93,9 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
 
 
 def deliver(conn: TargetConnection, task: Task) -> None:
-    assert conn.session is not None
     task.state = EXECUTING
-    expected_in = task.edtl if task.read else 0
-    try:
-        attr = TaskAttr(task.attr)
-    except ValueError:
-        attr = TaskAttr.SIMPLE
-    cmd = ScsiCommand(task.cdb, task.lun, conn.session.nexus, task.payload(), expected_in,
-                      attr, task.itt)
+    cmd = ScsiCommand(task.cdb, task.lun, conn.nexus, task.payload(),
+                      task.read_len if task.read else 0, _ATTRS[task.attr], task.itt)
     conn.events.append(CommandReady(task.itt, cmd))
 
 
@@ -170,7 +164,17 @@ def send_r2ts(conn: TargetConnection, task: Task) -> None:
 
 
 def send_result(conn: TargetConnection, task: Task, result: ScsiResult) -> None:
-    status, sense, data = int(result.status), result.sense, result.data
+    status, sense, data = result.status, result.sense, result.data
+    n = len(data)
+    if (task.read and not task.write and n == task.edtl and not sense and status == 0
+            and n <= conn.params.peer_max_recv_data_segment
+            and n <= conn.params.max_burst_length and n):
+        w = conn.window  # the common read: one Data-In with the status
+        task.responses += 1
+        conn.emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS, 0, n, 0, task.itt, RESERVED_TAG,
+                               conn.next_statsn(), w.exp_cmdsn, w.max_cmdsn, 0, 0, 0), data)
+        return
+    status = int(status)
     flags = residual = bidi_flags = bidi = n = 0
     if task.read:  # §11.4.5: residuals against the expected length of each direction
         read_flags, read_residual = _residual(task.read_len, len(data))

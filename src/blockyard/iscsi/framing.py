@@ -48,7 +48,7 @@ class PduReader:
         self.header_digest = False
         self.data_digest = False
         self.max_data_segment = max_data_segment
-        self.last_header = b""
+        self._hpos = self._hlen = 0
         self._buf = bytearray()
         self._pos = 0
         self._end = 0  # bytes of _buf holding received data (get_buffer may over-allocate)
@@ -113,43 +113,55 @@ class PduReader:
     # ---- output ------------------------------------------------------------------
     def next_pdu(self) -> Pdu | None:
         """The next complete PDU, or None until more bytes arrive."""
-        self._release()
+        if self._views:
+            self._release()
         buf, pos = self._buf, self._pos
         avail = self._end - pos
         if avail < BHS_SIZE:
             return None
         word = _WORD.unpack_from(buf, pos + 4)[0]
-        ahs_len = (word >> 24) << 2
+        hlen = BHS_SIZE + ((word >> 24) << 2)
         dsl = word & MAX_DATA_SEGMENT
-        hlen = BHS_SIZE + ahs_len
         hd = DIGEST_SIZE if self.header_digest else 0
-        padded = (dsl + 3) & ~3
         dd = DIGEST_SIZE if self.data_digest and dsl else 0
-        total = hlen + hd + padded + dd
+        total = hlen + hd + ((dsl + 3) & ~3) + dd
         if avail < total:
             if dsl > self.max_data_segment:
                 self._too_long(dsl)
             return None
         self._pos = pos + total
-        self.last_header = header = bytes(buf[pos:pos + hlen])
-        if hd and crc32c(header) != _LE32.unpack_from(buf, pos + hlen)[0]:
+        self._hpos, self._hlen = pos, hlen
+        if hd and crc32c(self.last_header) != _LE32.unpack_from(buf, pos + hlen)[0]:
             raise RemoteProtocolError("header digest error", RejectReason.PROTOCOL_ERROR)
         if dsl > self.max_data_segment:
             self._too_long(dsl)
-        start = pos + hlen + hd
-        view = memoryview(buf)
-        self._views.append(view)
-        data = view[start:start + dsl]
-        self._views.append(data)
         cls = DECODERS.get(buf[pos] & 0x3F)
         if cls is None:
             raise PduRejected(f"unknown opcode 0x{buf[pos] & 0x3F:02x}",
-                              RejectReason.COMMAND_NOT_SUPPORTED, header[:48])
+                              RejectReason.COMMAND_NOT_SUPPORTED, self.last_header[:48])
         fields = cls.STRUCT.unpack_from(buf, pos)
-        if dd and crc32c(view[start:start + padded]) != _LE32.unpack_from(buf, start + padded)[0]:
-            raise PduRejected("data digest error", RejectReason.DATA_DIGEST_ERROR, header[:48],
-                              cls.from_fields(fields, header[BHS_SIZE:], b""))
-        return cls.from_fields(fields, header[BHS_SIZE:], data)
+        ahs = bytes(buf[pos + BHS_SIZE:pos + hlen]) if hlen > BHS_SIZE else b""
+        if not dsl:
+            return cls.from_fields(fields, ahs, b"")
+        start = pos + hlen + hd
+        data = memoryview(buf)[start:start + dsl]
+        self._views.append(data)
+        if dd:
+            self._check_data_digest(cls, fields, ahs, start, dsl)
+        return cls.from_fields(fields, ahs, data)
+
+    @property
+    def last_header(self) -> bytes:
+        """BHS + AHS of the PDU ``next_pdu`` returned last (until the buffer moves on)."""
+        return bytes(self._buf[self._hpos:self._hpos + self._hlen])
+
+    def _check_data_digest(self, cls: type[Pdu], fields: tuple, ahs: bytes, start: int,
+                           dsl: int) -> None:
+        padded = (dsl + 3) & ~3
+        got = _LE32.unpack_from(self._buf, start + padded)[0]
+        if crc32c(self._buf[start:start + padded]) != got:
+            raise PduRejected("data digest error", RejectReason.DATA_DIGEST_ERROR,
+                              self.last_header[:48], cls.from_fields(fields, ahs, b""))
 
     def _too_long(self, dsl: int) -> None:
         raise RemoteProtocolError(

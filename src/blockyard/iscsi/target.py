@@ -72,7 +72,7 @@ from blockyard.iscsi.tasks import (
     READY,
     Task,
 )
-from blockyard.scsi.task import ScsiResult
+from blockyard.scsi.task import Nexus, ScsiResult
 
 _NUMBERED = frozenset({Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST,
                        Opcode.TEXT_REQUEST, Opcode.LOGOUT_REQUEST})
@@ -91,6 +91,7 @@ class TargetConnection:
         self.reader = PduReader(max(wanted.max_recv_data_segment, 8192))
         self.login = TargetLogin(portal, self.owner)
         self.session: SessionInfo | None = None
+        self.nexus = Nexus("", "")  # set at login
         self.params: Params = self.login.params
         self.window: CommandWindow[Any] = CommandWindow(0, portal.cmd_window)
         self.statsn = secrets.randbits(32) if first_statsn is None else first_statsn
@@ -213,6 +214,7 @@ class TargetConnection:
 
     def _enter_full_feature(self, session: SessionInfo) -> None:
         self.session = session
+        self.nexus = session.nexus
         p = self.params
         self.hd = self.reader.header_digest = p.header_digest == "CRC32C"
         self.dd = self.reader.data_digest = p.data_digest == "CRC32C"

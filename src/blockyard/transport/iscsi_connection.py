@@ -2,7 +2,8 @@
 
 A ``BufferedProtocol`` receives straight into the core's buffer, drains its
 events through ``_EVENTS`` (a table by event type) and writes what the core
-queued.  SCSI commands start at once and eagerly (``util.eager.run_eager``):
+queued.  SCSI commands start at once and eagerly (stepped by hand, as in
+``util.eager``, but without a wrapper coroutine on the fast path):
 a command the SCSI layer answers without waiting (a page-cache hit) is
 answered inside the same callback; one that waits (thread pool) completes
 later, in any order.  Replies produced in one callback go out in one
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from blockyard.errors import RemoteProtocolError
@@ -40,6 +42,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("blockyard.iscsi")
 # CHECK CONDITION, HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h), fixed format
 _INTERNAL_FAILURE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0])
+
+
+def _failure(cmd: ScsiCommand) -> ScsiResult:
+    log.exception("iscsi: command %02x on LUN %d failed", cmd.cdb[0], cmd.lun)
+    return ScsiResult(Status.CHECK_CONDITION, sense=_INTERNAL_FAILURE)
+
+
+class _Resume:
+    """Awaitable that continues, inside a Task, a coroutine we started by hand."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # cancellation goes into the coroutine
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class IscsiConnection(asyncio.BufferedProtocol):
@@ -140,20 +173,28 @@ class IscsiConnection(asyncio.BufferedProtocol):
             cast(IscsiConnection, event.replaced).kill("session reinstated by a new login")
 
     def _on_command(self, event: CommandReady) -> None:
-        task = run_eager(self._run(event.itt, event.command))
-        if task is not None:
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, itt: int, cmd: ScsiCommand) -> None:
-        assert self.target is not None
+        """Run the command now; if the SCSI layer has to wait, finish it in a Task."""
+        assert self.target is not None and self.core is not None
+        coro = self.target.device.execute(event.command)
         try:
-            result = await self.target.device.execute(cmd)
+            waiting = coro.send(None)
+        except StopIteration as done:
+            self.core.complete_command(event.itt, done.value)
+            return
         except Exception:  # the SCSI layer maps its own errors; anything else is a bug
-            log.exception("iscsi: command %02x on LUN %d failed", cmd.cdb[0], cmd.lun)
-            result = ScsiResult(Status.CHECK_CONDITION, sense=_INTERNAL_FAILURE)
+            self.core.complete_command(event.itt, _failure(event.command))
+            return
+        task = self.loop.create_task(self._finish(event, _Resume(coro, waiting)))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _finish(self, event: CommandReady, rest: _Resume) -> None:
+        try:
+            result = await rest
+        except Exception:
+            result = _failure(event.command)
         if self.core is not None and not self.closed:
-            self.core.complete_command(itt, result)
+            self.core.complete_command(event.itt, result)
             self._dirty()
 
     def _on_tmf(self, event: TaskManagement) -> None:

@@ -25,7 +25,7 @@ from blockyard.iscsi.pdu_initiator import (
 INITIATOR_PDUS = st.one_of(*(STRATEGIES[c] for c in (
     NopOut, ScsiCommandPdu, TaskMgmtRequest, LoginRequest, TextRequest, DataOut, LogoutRequest,
     SnackRequest)))
-FAST = settings(max_examples=150, deadline=None,
+FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SOAK = settings(max_examples=5000, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
