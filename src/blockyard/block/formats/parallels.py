@@ -36,7 +36,6 @@ from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Pro
 from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, Limits
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError, MediaError
-from blockyard.util.aio import run_blocking
 
 SECTOR = pl.SECTOR
 BAT_PER_SECTOR = SECTOR // 4
@@ -286,13 +285,12 @@ class ParallelsImage(ImageLayer):
             await self._publish()
 
     async def _publish(self) -> None:
-        fd = self.raw.fd
-        await run_blocking(os.fdatasync, fd)  # data before the BAT entries naming it
+        await self.raw._flush()  # data before the BAT entries naming it
         if self.dirty_sectors:
             for s in sorted(self.dirty_sectors):
                 await self._write_bat_sector(s)
             self.dirty_sectors.clear()
-            await run_blocking(os.fdatasync, fd)
+            await self.raw._flush()
         oldest = min(self.active, default=self.epoch + 1)
         self.free.extend(sec for ep, sec in self.freed if ep < oldest)
         self.freed = [(ep, sec) for ep, sec in self.freed if ep >= oldest]
@@ -313,7 +311,7 @@ class ParallelsImage(ImageLayer):
             if self.marked:
                 self.h.inuse = pl.CLOSED
                 await self.raw._pwrite(0, self.h.build(), False)
-                await run_blocking(os.fdatasync, self.raw.fd)
+                await self.raw._flush()
         await self.raw._close()
 
     # ---- ImageLayer ------------------------------------------------------------------

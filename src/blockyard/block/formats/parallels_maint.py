@@ -29,7 +29,6 @@ from blockyard.block.formats import parallels_layout as pl
 from blockyard.block.formats.base import CheckReport, Progress
 from blockyard.block.layer import HOLE, ZERO
 from blockyard.errors import MediaError
-from blockyard.util.aio import run_blocking
 from blockyard.util.units import parse_size
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ async def compact(img: ParallelsImage, progress: Progress | None) -> int:
         await img._publish()
         end = max([pl.data_start(img.h)] + [s + img.h.tracks for s in used(img)])
         os.ftruncate(img.raw.fd, end * SECTOR)
-        await run_blocking(os.fdatasync, img.raw.fd)
+        await img.raw._flush()
         img.next_free = end
         img.free.clear()
         img.freed.clear()
@@ -191,7 +190,7 @@ async def resize(img: ParallelsImage, new_size: int, force: bool) -> None:
         h.bat_entries, h.nb_sectors = entries, new // SECTOR
         h.cylinders = h.nb_sectors // (16 * 63)
         await img.raw._pwrite(0, h.build(), False)
-        await run_blocking(os.fdatasync, img.raw.fd)
+        await img.raw._flush()
     img.size = new
 
 

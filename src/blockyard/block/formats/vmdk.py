@@ -143,7 +143,8 @@ class VmdkImage(ImageLayer):
             if self._changed:
                 return
             for e in self.extents_:
-                await e.mark_dirty()
+                if e.access == "RW":
+                    await e.mark_dirty()
             self.desc.touch()
             await self.write_descriptor()
             self._changed = True
@@ -196,7 +197,11 @@ class VmdkImage(ImageLayer):
                                  f"bytes, the embedded area holds {room}")
             await raw._pwrite(at, text + bytes(room - len(text)), False)
         elif self.desc_path is not None:
-            await run_blocking(replace_file, self.desc_path, text)
+            try:
+                await run_blocking(replace_file, self.desc_path, text)
+            except OSError as exc:
+                raise BlockError(exc.errno or errno.EIO,
+                                 f"{self.desc_path}: cannot rewrite: {exc.strerror}") from None
 
     # ---- ImageLayer ------------------------------------------------------------------
     def info(self) -> ImageInfo:

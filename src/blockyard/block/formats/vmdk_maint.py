@@ -33,7 +33,6 @@ from blockyard.block.formats.vmdk_extent import SECTOR, FlatExtent
 from blockyard.block.formats.vmdk_layout import used_regions as layout_used_regions
 from blockyard.block.formats.vmdk_sparse import ALIGN, GRAIN_MARKER, SparseExtent, le_bytes
 from blockyard.errors import MediaError
-from blockyard.util.aio import run_blocking
 
 if TYPE_CHECKING:
     from blockyard.block.formats.vmdk import VmdkImage
@@ -193,7 +192,7 @@ async def compact_sparse(e: SparseExtent, step: Progress) -> None:
         end = -(-end // SECTOR) * SECTOR
         if moved or end < os.fstat(e.raw.fd).st_size:
             os.ftruncate(e.raw.fd, end)
-            await run_blocking(os.fdatasync, e.raw.fd)
+            await e.raw._flush()
         e.next_free = -(-end // ALIGN) * ALIGN
         e.free.clear()
         e.freed.clear()

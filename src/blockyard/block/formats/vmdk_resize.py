@@ -35,7 +35,6 @@ from blockyard.block.formats.vmdk_sparse import SparseExtent
 from blockyard.block.layer import HOLE, ZERO
 from blockyard.block.raw import RawFile
 from blockyard.errors import MediaError
-from blockyard.util.aio import run_blocking
 
 if TYPE_CHECKING:
     from blockyard.block.formats.vmdk import VmdkImage
@@ -106,7 +105,7 @@ async def _grow_extent(e: VmdkExtent, size: int) -> None:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                     raise MediaError(f"{e.path}: cannot allocate: {exc.strerror}") from None
-            await run_blocking(os.fdatasync, e.raw.fd)
+            await e.raw._flush()
     elif not isinstance(e, ZeroExtent):
         raise MediaError(f"{e.path}: cannot grow a {e.kind} extent")
     e.size = size
@@ -141,7 +140,7 @@ async def grow_sparse(e: SparseExtent, capacity: int) -> None:
                 write_gd(e)
             await e._publish()
         await e._write_header()
-        await run_blocking(os.fdatasync, e.raw.fd)
+        await e.raw._flush()
 
 
 async def _add_extent(img: VmdkImage, nbytes: int) -> None:
@@ -221,4 +220,4 @@ async def shrink_sparse(e: SparseExtent, capacity: int) -> None:
             del e.t.gts[i]
         await e._write_header()
         assert e.raw is not None
-        await run_blocking(os.fdatasync, e.raw.fd)
+        await e.raw._flush()

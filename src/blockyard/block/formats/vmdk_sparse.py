@@ -40,7 +40,6 @@ from blockyard.block.formats.vmdk_layout import GTE_ZEROED, SparseHeader, Tables
 from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError
-from blockyard.util.aio import run_blocking
 
 ALIGN = 4096  # new grain tables and grains start 4 KiB aligned
 MAX_SECTOR = 1 << 32  # GTEs are u32 sector numbers
@@ -341,20 +340,19 @@ class SparseExtent(VmdkExtent):
 
     async def _publish(self) -> None:
         assert self.raw is not None
-        fd = self.raw.fd
         if not self.new_gts and not self.dirty:
-            await run_blocking(os.fdatasync, fd)
+            await self.raw._flush()
             self._recycle()
             return
         for i in sorted(self.new_gts):  # phase 1: tables nothing references yet
             await self._write_gt(i, 0, self.h.gt_sectors)
-        await run_blocking(os.fdatasync, fd)
+        await self.raw._flush()
         for i, sectors in sorted(self.dirty.items()):  # phase 2: publish
             for s in sorted(sectors):
                 await self._write_gt(i, s, 1)
         for s in sorted({i // ENTRIES_PER_SECTOR for i in self.new_gts}):
             await self._write_gd_sector(s)
-        await run_blocking(os.fdatasync, fd)
+        await self.raw._flush()
         self.new_gts.clear()
         self.dirty.clear()
         self._recycle()
@@ -391,5 +389,5 @@ class SparseExtent(VmdkExtent):
             if self.marked:
                 self.h.unclean_shutdown = 0
                 await self._write_header()
-                await run_blocking(os.fdatasync, self.raw.fd)
+                await self.raw._flush()
         await self.raw._close()

@@ -173,8 +173,11 @@ class StreamWriter(VmdkExtent):
             await self._seal(g, memoryview(buf))
         tail = self._tail()
         await self.raw._pwrite(self.next, tail, False)
-        os.ftruncate(self.raw.fd, self.next + len(tail))
-        await run_blocking(os.fdatasync, self.raw.fd)
+        try:
+            os.ftruncate(self.raw.fd, self.next + len(tail))
+        except OSError as exc:
+            raise BlockError(exc.errno or errno.EIO, f"{self.path}: {exc.strerror}") from None
+        await self.raw._flush()
         self.closed = True
         await self.raw._close()
 
