@@ -219,7 +219,6 @@ def test_sessions_and_metrics_show_who_reads_what(server: RegistryServer) -> Non
         capture_output=True, check=True).stdout) if _have_curl() else None
     if sessions is not None:
         assert sessions[0]["export"] == "demo" and sessions[0]["export_bytes"] >= 65536
-    from test_cli_registry_support import RegistryServer as _  # noqa: F401
     from blockyard.cli.client import RemoteBackend
     metrics = RemoteBackend(server.state / "control.sock").call("live.metrics")
     assert 'blockyard_export_bytes_total{export="demo"} 65536' in metrics

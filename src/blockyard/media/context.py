@@ -72,13 +72,13 @@ class Context:
 
 @asynccontextmanager
 async def medium_lock(ctx: Context, uuid: str, label: str,
-                      wait: float = LOCK_WAIT) -> AsyncIterator[None]:
-    """Hold the per-medium lock (waiting up to ``wait`` seconds for it)."""
+                      wait: float | None = None) -> AsyncIterator[None]:
+    """Hold the per-medium lock (waiting up to ``wait``, default ``LOCK_WAIT`` seconds)."""
     directory = ctx.state_dir / "locks"
     directory.mkdir(exist_ok=True)
     fd = os.open(directory / f"{uuid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

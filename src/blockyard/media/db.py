@@ -61,6 +61,9 @@ def connect(state_dir: Path) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection, path: Path | str = "registry") -> int:
     """Bring the schema to the newest version; returns the version."""
+    if int(conn.execute("PRAGMA user_version").fetchone()[0]) == len(MIGRATIONS):
+        return len(MIGRATIONS)  # the common case: no write transaction at all
+
     def step(c: sqlite3.Connection) -> int:
         version = int(c.execute("PRAGMA user_version").fetchone()[0])
         if version > len(MIGRATIONS):
