@@ -24,6 +24,7 @@ ESHUTDOWN after ``grace`` seconds, layers are flushed, sockets closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -372,8 +373,10 @@ class NbdConnection:
         else:
             self.wire.flush_and_close()
 
-    async def drain(self, grace: float) -> None:
-        """Stop taking requests, finish the ones in flight, then close."""
+    async def drain(self, grace: float, linger: float = 1.0) -> None:
+        """Soft disconnect (proto.md "Terminating the transmission phase"): finish the
+        requests in flight, answer new ones ESHUTDOWN for ``linger`` seconds so the
+        client learns why, then close once the replies have left."""
         self.draining = True
         try:
             await asyncio.wait_for(self.idle.wait(), grace)
@@ -381,6 +384,8 @@ class NbdConnection:
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # the client may leave by itself
+            await asyncio.wait_for(self.gone.wait(), linger)
         self.wire.flush_and_close()
         try:  # replies already queued go out before the layers are closed
             await asyncio.wait_for(self.gone.wait(), grace)
