@@ -15,7 +15,13 @@ from collections.abc import Callable
 
 import pytest
 
-DEBIAN_PACKAGES = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils"}
+DEBIAN_PACKAGES = {
+    "qemu-img": "qemu-utils", "qemu-io": "qemu-utils", "qemu-nbd": "qemu-utils",
+    "nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbdsh": "python3-libnbd",
+    "nbdkit": "nbdkit", "fio": "fio", "tgtd": "tgt", "tgtadm": "tgt",
+    "iscsi-test-cu": "libiscsi-bin", "iscsi-inq": "libiscsi-bin", "iscsi-ls": "libiscsi-bin",
+    "iscsi-readcapacity16": "libiscsi-bin", "iscsi-perf": "libiscsi-bin",
+}
 
 
 def require_tool(name: str) -> str:
