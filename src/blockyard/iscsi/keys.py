@@ -126,15 +126,22 @@ class Params:
 
 def target_preferences(max_recv_data_segment: int = 262144, max_burst_length: int = 1 << 20,
                        first_burst_length: int = 1 << 20, max_outstanding_r2t: int = 4,
-                       digests: tuple[str, ...] = ("None", "CRC32C"),
+                       header_digests: tuple[str, ...] = ("None", "CRC32C"),
+                       data_digests: tuple[str, ...] = ("None", "CRC32C"),
                        ) -> tuple[Params, dict[str, tuple[str, ...]]]:
-    """What our target answers with, and which list values it accepts."""
+    """What our target answers with, and which list values it accepts.
+
+    A digest list without "None" makes the digest mandatory: an initiator that
+    offers "None,CRC32C" then gets CRC32C (§13.1: the responder takes the first
+    offered value it accepts).
+    """
     wanted = Params(initial_r2t=False, immediate_data=True,
                     max_recv_data_segment=max_recv_data_segment,
                     max_burst_length=max_burst_length,
                     first_burst_length=min(first_burst_length, max_burst_length),
                     default_time2wait=2, default_time2retain=0,
                     max_outstanding_r2t=max_outstanding_r2t, protocol_level=1)
-    accepted = {"HeaderDigest": digests, "DataDigest": digests, "TaskReporting": ("RFC3720",),
+    accepted = {"HeaderDigest": header_digests, "DataDigest": data_digests,
+                "TaskReporting": ("RFC3720",),
                 "AuthMethod": ("CHAP", "None")}
     return wanted, accepted

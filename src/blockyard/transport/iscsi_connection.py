@@ -167,6 +167,14 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _on_login(self, event: LoginComplete) -> None:
         session = event.session
+        p = session.params
+        log.debug("iscsi: %s logged in to %s from %s (tsih %d, HeaderDigest=%s, DataDigest=%s,"
+                  " MaxRecvDataSegmentLength %d/%d, MaxBurstLength %d, InitialR2T=%s,"
+                  " ImmediateData=%s)", session.initiator_name,
+                  session.target_name or "discovery", self.peer, session.tsih,
+                  p.header_digest, p.data_digest, p.max_recv_data_segment,
+                  p.peer_max_recv_data_segment, p.max_burst_length, p.initial_r2t,
+                  p.immediate_data)
         if not session.discovery:
             self.target = self.server.targets[session.target_name]
         if event.replaced is not None and event.replaced is not self:

@@ -84,10 +84,12 @@ class IscsiTargetServer:
                  discovery_chap: tuple[str, str] | None = None, nop_interval: float = 30.0,
                  nop_timeout: float = 30.0, cmd_window: int = 128,
                  max_recv_data_segment: int = 262144, max_burst_length: int = 1 << 20,
-                 digests: tuple[str, ...] = ("None", "CRC32C")) -> None:
+                 header_digests: tuple[str, ...] = ("None", "CRC32C"),
+                 data_digests: tuple[str, ...] = ("None", "CRC32C")) -> None:
         self.targets: dict[str, IscsiTarget] = {t.name: t for t in targets}
         prefs = target_preferences(max_recv_data_segment=max_recv_data_segment,
-                                   max_burst_length=max_burst_length, digests=digests)
+                                   max_burst_length=max_burst_length,
+                                   header_digests=header_digests, data_digests=data_digests)
         self.portal = PortalConfig({n: t.policy() for n, t in self.targets.items()},
                                    discovery_chap=_creds(discovery_chap), preferences=prefs,
                                    cmd_window=cmd_window, nop_interval=nop_interval,
