@@ -195,7 +195,25 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+def _log_to_file(plan: DaemonPlan) -> None:
+    """``[server] log_file``: send the log there instead of stderr."""
+    name = plan.config.server.log_file
+    if not name:
+        return
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else plan.state_dir / path
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the log file: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+
+
 def run(plan: DaemonPlan) -> int:
+    plan.state_dir.mkdir(parents=True, exist_ok=True)
+    _log_to_file(plan)
     if not os.environ.get("BLOCKYARD_NO_UVLOOP"):
         try:
             import uvloop
