@@ -17,6 +17,9 @@ from blockyard.iscsi.keys import Params
 from blockyard.iscsi.negotiation import offer_pairs
 
 DEFAULT_INITIATOR = "iqn.2026-11.org.blockyard:initiator"
+# §13.13/§13.14: burst lengths are at most 2**24 - 1; "16 MiB" is the largest multiple of
+# 512 below that, so bursts (and R2T / Data-In sequences) stay block-aligned.
+MAX_BURST = (1 << 24) - 512
 Pairs = list[tuple[str, str]]
 
 # Keys proposed in a Normal session, in this order (§13.2-§13.20).  MaxRecvDataSegmentLength
@@ -38,8 +41,8 @@ class InitiatorSettings:
     header_digest: tuple[str, ...] = ("None", "CRC32C")  # offered list, preferred first
     data_digest: tuple[str, ...] = ("None",)
     max_recv_data_segment: int = 262144
-    max_burst_length: int = 16 << 20
-    first_burst_length: int = 16 << 20
+    max_burst_length: int = MAX_BURST
+    first_burst_length: int = MAX_BURST
     max_outstanding_r2t: int = 4
     immediate_data: bool = True
     initial_r2t: bool = False
@@ -55,10 +58,12 @@ class InitiatorSettings:
         return not self.target_name
 
     def wanted(self) -> Params:
+        burst = max(512, min(self.max_burst_length, (1 << 24) - 1))
         return Params(initial_r2t=self.initial_r2t, immediate_data=self.immediate_data,
-                      max_recv_data_segment=self.max_recv_data_segment,
-                      max_burst_length=self.max_burst_length,
-                      first_burst_length=min(self.first_burst_length, self.max_burst_length),
+                      max_recv_data_segment=max(512, min(self.max_recv_data_segment,
+                                                         (1 << 24) - 1)),
+                      max_burst_length=burst,
+                      first_burst_length=max(512, min(self.first_burst_length, burst)),
                       default_time2wait=self.default_time2wait, default_time2retain=0,
                       max_outstanding_r2t=self.max_outstanding_r2t)
 
