@@ -143,6 +143,7 @@ class InitiatorSession:
         """Fail every pending command with ``why``; the caller reports them."""
         failed = sorted(self.pending.values(), key=lambda c: c.seq)
         self.pending.clear()
+        self.last_error = why
         for cmd in failed:
             cmd.fail(why)
         if self.state is not SessionState.CLOSED:

@@ -48,11 +48,11 @@ class Pair:
 
     def __init__(self, ini: InitiatorSettings | None = None, cfg: PortalConfig | None = None,
                  device: StandinDevice | None = None, auto: bool = True, isid: int = 0x8000_1234,
-                 now: float = 0.0) -> None:
+                 now: float = 0.0, conn: InitiatorConnection | None = None) -> None:
         self.cfg = cfg or portal()
         self.device = device or StandinDevice()
         self.auto = auto
-        self.ini = InitiatorConnection(ini or settings(), isid, now=now, cmdsn=100)
+        self.ini = conn or InitiatorConnection(ini or settings(), isid, now=now, cmdsn=100)
         self.tgt = TargetConnection(self.cfg, local_address="127.0.0.1:3260", owner=object())
         self.events: list[Any] = []
         self.target_events: list[Any] = []
@@ -66,6 +66,7 @@ class Pair:
         """Exchange bytes until both sides are quiet; return the new initiator events."""
         start = len(self.events)
         for _ in range(rounds):
+            self._target_events()
             moved = self._to_target() | self._to_initiator()
             if not moved:
                 break
@@ -87,6 +88,10 @@ class Pair:
         self._spy(self._spy_i, out, self.wire_to_target, self.tgt.hd, self.tgt.dd)
         for buf in out:
             self.tgt.receive_data(bytes(buf))
+        self._target_events()
+        return True
+
+    def _target_events(self) -> None:
         while (ev := self.tgt.next_event()) is not NEED_DATA:
             self.target_events.append(ev)
             if type(ev) is CommandReady:
@@ -96,7 +101,6 @@ class Pair:
                     self.held.append(ev)
             elif type(ev) is TaskManagement:
                 self.tgt.complete_tmf(ev.itt, ev.response)
-        return True
 
     def finish(self, ev: CommandReady) -> None:
         self.tgt.complete_command(ev.itt, run_sync(self.device.execute(ev.command)))
