@@ -20,7 +20,7 @@ an underflow (U); a bidirectional command reports its read side in o/u.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi.constants import (
@@ -64,28 +64,28 @@ def _residual(expected: int, actual: int) -> tuple[int, int]:
 
 
 def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
-    assert conn.session is not None
     w = conn.window
-    if not pdu.immediate and not w.accepts(pdu.cmdsn):
+    immediate, cmdsn, itt = pdu.immediate, pdu.cmdsn, pdu.itt
+    if not immediate and cmdsn != w.exp_cmdsn and not w.accepts(cmdsn):
         return  # §4.2.2.1: outside the window or a duplicate, silently ignored
-    if conn.session.discovery:  # the Reject path below also skips its CmdSN
+    if conn.discovery:  # the Reject path in next_event also consumes its CmdSN
         raise RemoteProtocolError("SCSI command in a discovery session",
                                   RejectReason.PROTOCOL_ERROR, fatal=False)
-    if pdu.itt in conn.tasks or pdu.itt == RESERVED_TAG:
+    tasks = conn.tasks
+    if itt in tasks or itt == RESERVED_TAG:
         raise RemoteProtocolError("ITT in use", RejectReason.TASK_IN_PROGRESS, fatal=False)
-    if pdu.immediate and len(conn.tasks) >= 2 * conn.portal.cmd_window:
+    if immediate and len(tasks) >= 2 * conn.portal.cmd_window:
         raise RemoteProtocolError("too many immediate commands",
                                   RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
-    ready: list[Any] | None = None
-    task = Task(pdu.itt, decode_lun(pdu.lun), pdu.lun, pdu.cmdsn, pdu.immediate, pdu.cdb,
-                pdu.edtl, pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
-    if not pdu.immediate:
-        ready = w.arrive(pdu.cmdsn, task)
-    task.start_write(pdu.data, pdu.final, conn.params)
-    conn.tasks[pdu.itt] = task
+    task = Task(itt, decode_lun(pdu.lun), pdu.lun, cmdsn, immediate, pdu.cdb, pdu.edtl,
+                pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
+    ready = None if immediate else w.arrive(cmdsn, task)
+    if pdu.write or pdu.data:
+        task.start_write(pdu.data, pdu.final, conn.params)
+    tasks[itt] = task
     if task.state == SOLICITING:
         send_r2ts(conn, task)
-    if pdu.immediate:
+    if immediate:
         if task.state == READY:
             deliver(conn, task)
     elif ready:

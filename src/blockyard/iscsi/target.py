@@ -86,11 +86,12 @@ class TargetConnection:
         self.portal = portal
         self.local_address = local_address
         self.owner = owner if owner is not None else self
-        self.state = State.LOGIN
+        self.state = State.LOGIN  # also selects the row of _DISPATCH (see the setter)
         wanted = portal.preferences[0]
         self.reader = PduReader(max(wanted.max_recv_data_segment, 8192))
         self.login = TargetLogin(portal, self.owner)
         self.session: SessionInfo | None = None
+        self.discovery = False
         self.nexus = Nexus("", "")  # set at login
         self.params: Params = self.login.params
         self.window: CommandWindow[Any] = CommandWindow(0, portal.cmd_window)
@@ -108,6 +109,16 @@ class TargetConnection:
         self._activity = False
         self._next_ping = 0.0
         self._ping: tuple[int, float, float] | None = None  # (TTT, sent at, deadline)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._state = value
+        self._row = _ROWS[value]  # opcode -> handler, looked up once per PDU
+        self._default = _DEFAULT[value]
 
     # ---- input and events -------------------------------------------------------
     def receive_data(self, data: Buffer) -> None:
@@ -130,7 +141,7 @@ class TargetConnection:
                 if pdu is None:
                     return NEED_DATA
                 self._activity = True
-                handler = _DISPATCH.get((self.state, pdu.OPCODE), _DEFAULT[self.state])
+                handler = self._row.get(pdu.OPCODE, self._default)
                 handler(self, pdu)
             except PduRejected as exc:
                 self._skip_cmdsn(exc.header)
@@ -215,6 +226,7 @@ class TargetConnection:
     def _enter_full_feature(self, session: SessionInfo) -> None:
         self.session = session
         self.nexus = session.nexus
+        self.discovery = session.discovery
         p = self.params
         self.hd = self.reader.header_digest = p.header_digest == "CRC32C"
         self.dd = self.reader.data_digest = p.data_digest == "CRC32C"
@@ -234,6 +246,11 @@ class TargetConnection:
     # ---- CmdSN order ----------------------------------------------------------------------
     def in_order(self, items: list[Any]) -> None:
         """Items whose CmdSN turn has come: tasks queue for delivery, others run now."""
+        if len(items) == 1 and not self.order:
+            item = items[0]
+            if type(item) is Task and item.state == READY:
+                datapath.deliver(self, item)  # the usual case: nothing waits before it
+                return
         for item in items:
             if type(item) is Task:
                 self.order.append(item)
@@ -335,3 +352,5 @@ _DEFAULT: dict[State, Callable[[TargetConnection, Any], None]] = {
     State.LOGGED_OUT: _ignore,
     State.CLOSED: _ignore,
 }
+_ROWS: dict[State, dict[int, Callable[[TargetConnection, Any], None]]] = {
+    state: {int(op): h for (st, op), h in _DISPATCH.items() if st is state} for state in State}
