@@ -5,9 +5,9 @@ ESHUTDOWN).  Every request in flight gets a reply, success or ESHUTDOWN; the
 process exits 0; every acknowledged write is in the file; a restarted server
 serves the file correctly.
 
-The burst sent before the signal fits in one loopback segment, so the server
-has parsed all of it when SIGTERM lands; requests still travelling when the
-server closes are a separate matter (test_nbd_shutdown.py).
+Two shapes: a burst the server has parsed before the signal (it fits in one
+loopback segment) and a 48 MiB flood of writes still travelling when the
+signal lands.
 """
 
 from __future__ import annotations
@@ -83,5 +83,35 @@ def test_sigterm_with_requests_in_flight(blockyard_proc, nbd_connect, assert_ser
     assert len(acked) >= 16
     assert_acked_writes_are_in(path, acked)
     again = blockyard_proc(path)  # the file is served correctly after the restart
+    asyncio.run(assert_served(again.host, again.port))
+    assert again.terminate() == 0
+
+
+async def flood_scenario(proc, connect) -> dict[int, bytes]:  # type: ignore[no-untyped-def]
+    """48 MiB of writes still travelling when SIGTERM lands: each one is answered."""
+    client = await connect(proc.host, proc.port)
+    await client.go("disk", True)
+    futs = {client.submit("write", i * MiB, pattern(i), fua=i % 8 == 0): i for i in range(48)}
+    first, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED, timeout=20)
+    assert first, "no reply before SIGTERM"
+    proc.proc.send_signal(signal.SIGTERM)
+    replies = await asyncio.wait_for(asyncio.gather(*futs), 30)
+    assert all(r.error in (0, c.ESHUTDOWN) for r in replies), replies
+    if client.core.state.value == "transmission":
+        await client.disconnect()
+    return {i * MiB: pattern(i) for fut, i in futs.items() if fut.result().error == 0}
+
+
+def test_sigterm_mid_flood_answers_every_request(blockyard_proc, nbd_connect,  # type: ignore[no-untyped-def]
+                                                 assert_served, tmp_path) -> None:
+    path = tmp_path / "disk.img"
+    with path.open("wb") as f:
+        f.truncate(SIZE)
+    proc = blockyard_proc(path)
+    acked = asyncio.run(flood_scenario(proc, nbd_connect))
+    assert proc.proc.wait(30) == 0
+    assert acked, "nothing was acknowledged"
+    assert_acked_writes_are_in(path, acked)
+    again = blockyard_proc(path)
     asyncio.run(assert_served(again.host, again.port))
     assert again.terminate() == 0
