@@ -165,11 +165,13 @@ async def resize(img: ParallelsImage, new_size: int, force: bool) -> None:
         raise MediaError(f"{img.path}: WithoutFreeSpace images stop below 2 TiB")
     if new == img.size:
         return
-    if new < img.size and not force:
-        for x in await img.extents(new, img.size - new):
+    pos = new
+    while not force and pos < img.size:  # extents() may answer for less than asked
+        for x in await img.extents(pos, img.size - pos):
             if not x.flags & (HOLE | ZERO):
                 raise MediaError(f"{img.path}: data lies past the new size {new}; shrinking "
                                  "would lose it (pass --force)")
+            pos += x.length
     if not img.marked:
         await img._touch()
     entries = -(-(new // SECTOR) // h.tracks)

@@ -174,11 +174,13 @@ async def _add_extent(img: VmdkImage, nbytes: int) -> None:
 
 # ---- shrink -------------------------------------------------------------------------------
 async def _shrink(img: VmdkImage, new: int, force: bool) -> None:
-    if not force:
-        for x in await img.extents(new, img.size - new):
+    pos = new
+    while not force and pos < img.size:  # extents() may answer for less than asked
+        for x in await img.extents(pos, img.size - pos):
             if not x.flags & (HOLE | ZERO):
                 raise MediaError(f"{img.path}: data lies past the new size {new}; shrinking "
                                  "would lose it (pass --force)")
+            pos += x.length
     keep = [e for e in img.extents_ if e.start < new]
     drop = img.extents_[len(keep):]
     d = img.desc
