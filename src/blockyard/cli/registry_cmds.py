@@ -27,6 +27,7 @@ from typing import Any
 
 from blockyard.cli import render
 from blockyard.cli.client import open_backend, state_dir_of
+from blockyard.errors import NotFoundError
 from blockyard.media.model import KINDS, WRITE_MODES
 from blockyard.util.units import parse_size
 
@@ -181,18 +182,44 @@ def _common_medium_opts(p: argparse.ArgumentParser) -> None:
 def add_registry_commands(medium_sub: Sub) -> list[str]:
     """Add the registry commands to the ``medium`` group; returns the names added.
 
-    A name the group has already (``info`` from the file commands) is left to
-    its owner; the registry's view of it is then ``medium info --registered``
-    there, or this module's ``_info`` wired by the lead.
+    Idempotent: a name the group has already is not added again.  The one
+    name both halves want is ``info``: when the file half's ``info FILE``
+    exists, it is widened (``_merge_info``) instead of replaced.
     """
-    have = set(getattr(medium_sub, "choices", {}) or {})
+    have = dict(getattr(medium_sub, "choices", {}) or {})
     added = []
     for name, build in BUILDERS.items():
-        if name in have:
-            continue
-        build(medium_sub)
-        added.append(name)
+        if name not in have:
+            build(medium_sub)
+            added.append(name)
+    if "info" in have and not have["info"].get_default("registry_merged"):
+        _merge_info(have["info"])
     return added
+
+
+def _merge_info(p: argparse.ArgumentParser) -> None:
+    """``medium info X``: the registry's view when X is registered, else the file's.
+
+    The registry is consulted only when there is one (a server runs, or the
+    state directory has a registry file), so looking at a stray image file
+    never creates a state directory.
+    """
+    file_info = p.get_default("func")
+    if not any("--state-dir" in a.option_strings for a in p._actions):
+        add_state_dir(p)
+
+    def info(args: argparse.Namespace) -> int:
+        target = args.file
+        state = state_dir_of(args)
+        if (state / "control.sock").exists() or (state / "registry.sqlite").exists():
+            try:
+                args.medium = target
+                return _info(args)
+            except NotFoundError:
+                if not os.path.exists(target):
+                    raise
+        return int(file_info(args))
+    p.set_defaults(func=info, registry_merged=True)
 
 
 def _b_add(sub: Sub) -> None:
