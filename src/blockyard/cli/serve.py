@@ -1,8 +1,10 @@
 """``blockyard serve``: the embedded default, or quick mode over named files.
 
-* ``blockyard serve`` -- the built-in configuration (configs/blockyard.toml):
-  a state directory, a 1 GiB sparse demo disk made on first start, NBD on
-  127.0.0.1:10809 exporting it as ``demo``.
+* ``blockyard serve [--config FILE]`` -- the registry-driven server
+  (``daemon.py``) with the built-in configuration (configs/blockyard.toml):
+  a state directory, a 1 GiB sparse demo disk made on first start and
+  registered, NBD on 127.0.0.1:10809 exporting it as ``demo``, the control
+  API on STATE/control.sock.
 * ``blockyard serve disk.img other.vdi --nbd 127.0.0.1:0 [--read-only]`` --
   quick mode, like qemu-nbd: each file is an export named after its stem
   (``--name`` overrides, once per file, in order); port 0 picks a free port,
@@ -16,16 +18,17 @@ import logging
 import os
 from pathlib import Path
 
+from blockyard.config import load_default, load_file
+from blockyard.daemon import DaemonPlan
+from blockyard.daemon import run as run_daemon
 from blockyard.errors import ConfigError
 from blockyard.server import (
     ExportDecl,
     ServePlan,
-    default_config,
     default_state_dir,
     parse_address,
     run,
 )
-from blockyard.util.units import parse_size
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--state-dir", type=Path, default=None,
                    help="state directory (default $BLOCKYARD_STATE_DIR or "
                         "$XDG_STATE_HOME/blockyard)")
+    p.add_argument("--config", metavar="FILE",
+                   help="configuration file (default: the embedded configs/blockyard.toml)")
     p.add_argument("--log-level", default=os.environ.get("BLOCKYARD_LOG", "info"),
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_serve)
@@ -61,28 +66,19 @@ def _quick_plan(args: argparse.Namespace) -> ServePlan:
     return ServePlan(exports, nbd, iscsi)
 
 
-def _default_plan(args: argparse.Namespace) -> ServePlan:
-    cfg = default_config()
+def _daemon_plan(args: argparse.Namespace) -> DaemonPlan:
+    """No FILE: the registry-driven daemon, configured by --config or the embedded default."""
+    cfg = load_file(args.config) if args.config else load_default()
     state = args.state_dir or os.environ.get("BLOCKYARD_STATE_DIR") \
-        or cfg["server"].get("state_dir") or default_state_dir()
-    state_dir = Path(state).expanduser()
-    exports = []
-    for e in cfg.get("export", []):
-        path = Path(e["path"])
-        exports.append(ExportDecl(
-            e["name"], str(path if path.is_absolute() else state_dir / path),
-            bool(e.get("read_only", False)) or args.read_only, e.get("description", ""),
-            parse_size(e.get("create_size", 0)), e.get("format")))
-    listen = args.nbd or cfg.get("nbd", {}).get("listen", [])
-    nbd = [parse_address(a, 10809) for a in listen]
+        or cfg.server.state_dir or default_state_dir()
+    nbd = [parse_address(a, 10809) for a in args.nbd or cfg.nbd.listen]
     iscsi = [parse_address(a, 3260) for a in args.iscsi or []]
-    return ServePlan(exports, nbd, iscsi, state_dir, banner=True)
+    return DaemonPlan(cfg, Path(state).expanduser().absolute(), nbd, iscsi, args.read_only)
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plan = _quick_plan(args) if args.files else _default_plan(args)
-    if plan.state_dir is not None:
-        plan.state_dir.mkdir(parents=True, exist_ok=True)
-    return run(plan)
+    if not args.files:
+        return run_daemon(_daemon_plan(args))
+    return run(_quick_plan(args))
