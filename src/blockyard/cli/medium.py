@@ -33,6 +33,7 @@ from typing import Any
 
 from blockyard.block.formats import DRIVERS, create_image, open_image
 from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer
+from blockyard.errors import MediaError
 from blockyard.util.progress import ProgressBar
 from blockyard.util.units import format_size, parse_size
 
@@ -75,6 +76,8 @@ async def _with_image(args: argparse.Namespace, read_only: bool,
     img = open_image(args.file, read_only=read_only, fmt=args.format)
     try:
         return await work(img)
+    except OSError as exc:  # a failing disk under a maintenance operation: still one line
+        raise MediaError(f"{args.file}: {exc.strerror or exc}") from None
     finally:
         await img.close()
 

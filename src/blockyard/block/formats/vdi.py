@@ -94,7 +94,12 @@ class VdiImage(MappedImage):
         img = cls(p, file, header, bmap, scan)
         img.dirty = L.unclean(header, scan)
         if img.dirty and not read_only:
-            img._squeeze_sync(None)  # the safe repairs: counter, unused slots, tail
+            try:
+                img._squeeze_sync(None)  # the safe repairs: counter, unused slots, tail
+            except OSError as exc:
+                os.close(file.fd)
+                raise MediaError(f"{p}: cannot repair after an unclean close: "
+                                 f"{exc.strerror}") from None
         return img
 
     @classmethod

@@ -3,7 +3,10 @@
 Headers are parsed once per open with construct (declarative and symmetric:
 the same table parses and builds).  ``validate`` checks every field and
 ``scan_map`` every block-map entry before the driver trusts them; both are
-pure functions over bytes, so ``check()`` and the fuzz tests reuse them.
+pure functions, so ``check()`` and the fuzz tests reuse them.  The small
+synchronous file helpers at the end (read a whole image's metadata, write map
+sectors or the header, copy slots, truncate) are what vdi.py and vdi_maint.py
+run on the I/O pool.
 
 Byte order: every integer is little-endian; UUIDs are stored in Windows-GUID
 order (``uuid.UUID(bytes_le=...)``, §1.2).

@@ -1,4 +1,17 @@
-"""VDI info, check, compact and resize (image-formats.md §1, §7)."""
+"""VDI info, check, compact and resize (image-formats.md §1, §7).
+
+``check`` re-reads header and map from the file (publishing unflushed
+metadata first) and reports what ``vdi_layout.scan_map`` finds: a counter
+that disagrees with the map is an error (``qemu-img check`` counts it as a
+corruption), unused slots and bytes past the last slot are leaks.  Repair
+moves the last blocks into unused slots, rewrites the counter and truncates:
+each move is copied and synced before the map names it.  Compact frees every
+block that reads as zeros (zero-marked in a differencing image, free in a
+base image) and then does the same moves.  Resize refuses fixed and
+differencing images (as VirtualBox does); growing past the room the map has
+moves the map into the first data slots (``move_map_sync``).  These are
+maintenance operations: they hold the image's lock and stop other I/O.
+"""
 
 from __future__ import annotations
 

@@ -176,6 +176,9 @@ class MappedImage(ImageLayer):
         file = RawFile(p, read_only=read_only)
         try:
             return p, file, load(file.fd, p)
+        except OSError as exc:
+            os.close(file.fd)
+            raise MediaError(f"{p}: cannot read: {exc.strerror}") from None
         except BaseException:
             os.close(file.fd)
             raise

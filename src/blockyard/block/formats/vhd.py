@@ -106,18 +106,17 @@ class VhdImage(MappedImage):
         return await super()._pread(offset, length)
 
     async def _read_piece(self, block: int, inner: int, n: int) -> Buffer:
-        base = block * self.block_size
-        gaps: list[tuple[int, int]] = [(inner, n)]
-        out = bytearray(n)
         await self._gate.enter()
         try:
             entry = self.bat[block]
-            if entry != V.BAT_FREE:
+            if entry == V.BAT_FREE:
+                out, gaps = None, [(inner, n)]
+            else:
                 bm = await self._bitmap(block)
                 where = entry * 512 + self._bm_bytes
-                if bm is None:
+                if bm is None:  # every sector is here: the common case, one read
                     return await self.file._pread(where + inner, n)
-                gaps = []
+                out, gaps = bytearray(n), []
                 for start, count, isset in V.runs(bm, inner, n):
                     if isset:
                         out[start - inner:start - inner + count] = await self.file._pread(
@@ -126,10 +125,12 @@ class VhdImage(MappedImage):
                         gaps.append((start, count))
         finally:
             self._gate.leave()
-        if self.is_diff:  # §3.3: clear bits and free blocks read the parent
-            for start, count in gaps:
-                out[start - inner:start - inner + count] = await self._read_parent(
-                    base + start, count)
+        if not self.is_diff:  # clear bits and free blocks read as zeros
+            return out if out is not None else bytes(n)
+        out = out if out is not None else bytearray(n)
+        base = block * self.block_size
+        for start, count in gaps:  # §3.3: in a differencing disk they read the parent
+            out[start - inner:start - inner + count] = await self._read_parent(base + start, count)
         return out
 
     async def _bitmap(self, block: int) -> bytearray | None:
