@@ -1,0 +1,290 @@
+"""``RemoteLun``: a LUN of a remote iSCSI target as a leaf block ``Layer``.
+
+The layer speaks SCSI through a ``ScsiPath`` -- in practice
+``transport.iscsi_initiator.IscsiSession``, which pipelines commands,
+reconnects and reissues on its own (``open_remote`` builds the pair; block
+never imports transport).  What the LUN can do was read once at open
+(``LunProperties``: READ CAPACITY 16, VPD 83h/B0h/B2h, MODE SENSE):
+
+* ``pread`` / ``pwrite`` -> READ(16) / WRITE(16), FUA bit when the target
+  has DPOFUA (else a SYNCHRONIZE CACHE after the write), split at the
+  target's MAXIMUM TRANSFER LENGTH (and at ``max_io``), the pieces in flight
+  together; unaligned requests read whole blocks (and write them back,
+  serialized: clients that honour ``limits.minimum`` never need this);
+* ``flush`` -> SYNCHRONIZE CACHE(16) (10 if 16 is refused);
+* ``trim`` -> UNMAP, only when LBPME and LBPU are set and B0h gives an
+  unmap limit; whole blocks inside the range only;
+* ``zero`` -> WRITE SAME(16) of one zero block (UNMAP bit when ``may_trim``
+  and LBPWS + LBPRZ), only when B0h/B2h advertise it; else zero buffers;
+* ``extents`` -> GET LBA STATUS when LBPME is set (deallocated = hole, and
+  zero when LBPRZ).
+
+Unit attentions are retried (a reconnect reports I_T NEXUS LOSS once), as
+are BUSY and TASK SET FULL with growing waits; any other CHECK CONDITION is a
+``BlockError`` whose message names the URL, the command and the decoded
+sense.  Host caching never applies to a remote medium (``host_cache``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from blockyard.block.formats.base import ImageInfo
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, Layer, Limits
+from blockyard.errors import BlockError
+from blockyard.iscsi import initiator_scsi as scsi
+from blockyard.iscsi.initiator_command import Command
+
+GOOD, CHECK_CONDITION, BUSY, TASK_SET_FULL = 0x00, 0x02, 0x08, 0x28
+UNIT_ATTENTION, NOT_READY = 0x6, 0x2
+RETRIES = 7
+MAX_IO = 4 << 20  # bytes per READ/WRITE command; larger requests are split and pipelined
+WRITE_SAME_CHUNK = 1 << 16  # blocks per WRITE SAME when the target states no limit
+_ERRNO = {0x7: errno.EPERM, 0x3: errno.EIO, 0x4: errno.EIO, 0xB: errno.EIO}
+
+
+class ScsiPath(Protocol):
+    display: str
+
+    async def execute(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
+                      read_len: int = 0, into: memoryview | None = None,
+                      timeout: float | None = None) -> Command: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class LunProperties:
+    """What the target told us about the LUN at open (``iscsi_initiator_lun``)."""
+
+    blocks: int
+    block_size: int
+    inquiry: scsi.Inquiry
+    identity: str = ""
+    serial: str = ""
+    write_protected: bool = False
+    dpofua: bool = False
+    lbpme: bool = False
+    lbprz: bool = False
+    limits: scsi.BlockLimits = field(default_factory=scsi.BlockLimits)
+    provisioning: scsi.Provisioning = field(default_factory=scsi.Provisioning)
+    lba_status: bool = False
+    negotiated: dict[str, str] = field(default_factory=dict)
+
+
+class ScsiStatusError(BlockError):
+    def __init__(self, err: int, message: str, status: int, sense: scsi.Sense | None) -> None:
+        super().__init__(err, message)
+        self.status = status
+        self.sense = sense
+
+
+async def run_scsi(path: ScsiPath, lun: int, cdb: bytes, what: str, *,
+                   data_out: Buffer | None = None, read_len: int = 0,
+                   into: memoryview | None = None) -> Command:
+    """One command with the retries SCSI expects; other failures raise ScsiStatusError."""
+    delay = 0.01
+    for attempt in range(RETRIES + 1):
+        cmd = await path.execute(lun, cdb, data_out=data_out, read_len=read_len, into=into)
+        if cmd.status == GOOD:
+            return cmd
+        sense = scsi.decode_sense(cmd.sense)
+        retry = cmd.status in (BUSY, TASK_SET_FULL) or (
+            sense is not None and (sense.key == UNIT_ATTENTION or
+                                   (sense.key == NOT_READY and sense.asc == 0x04)))
+        if not retry or attempt == RETRIES:
+            break
+        if cmd.status != CHECK_CONDITION or sense is None or sense.key != UNIT_ATTENTION:
+            await asyncio.sleep(delay)
+            delay *= 4
+    err = errno.EIO
+    if sense is not None:
+        err = errno.ENOSPC if (sense.asc, sense.ascq) == (0x27, 0x07) else \
+            _ERRNO.get(sense.key, errno.EIO)
+    raise ScsiStatusError(err, f"{path.display}: {what}: "
+                               f"{scsi.describe_status(cmd.status, cmd.sense)}",
+                          cmd.status, sense)
+
+
+def _split(start: int, count: int, most: int) -> list[tuple[int, int]]:
+    return [(lba, min(most, start + count - lba)) for lba in range(start, start + count, most)]
+
+
+class RemoteLun(Layer):
+    """See the module docstring."""
+
+    host_cache = False  # the cache-policy layer never applies to remote media
+    max_io = MAX_IO
+
+    def __init__(self, path: ScsiPath, lun: int, props: LunProperties, *,
+                 read_only: bool = False) -> None:
+        super().__init__()
+        self.path, self.lun, self.props = path, lun, props
+        self.display = path.display
+        self.block_size = bs = props.block_size
+        self.size = props.blocks * bs
+        self.read_only = read_only or props.write_protected
+        self.uuid = props.identity or props.serial
+        limit = props.limits.max_transfer * bs or self.max_io
+        self._io_blocks = max(1, min(limit, self.max_io) // bs)
+        self._sync16 = True
+        self._rmw = asyncio.Lock()
+        prov, lim = props.provisioning, props.limits
+        self._unmap = props.lbpme and prov.lbpu and lim.max_unmap_lbas > 0
+        self._write_same = lim.max_write_same > 0 or (props.lbpme and prov.lbpws)
+        self._ws_unmap = props.lbpme and prov.lbpws and props.lbprz
+
+    # ---- capabilities -----------------------------------------------------------------
+    can_flush = True  # type: ignore[assignment]
+    can_fua = True  # type: ignore[assignment]
+    can_multi_conn = False  # type: ignore[assignment]
+
+    @property
+    def can_trim(self) -> bool:  # type: ignore[override]
+        return self._unmap and not self.read_only
+
+    @property
+    def can_extents(self) -> bool:  # type: ignore[override]
+        return self.props.lba_status
+
+    @property
+    def limits(self) -> Limits:  # type: ignore[override]
+        bs = self.block_size
+        optimal = self.props.limits.optimal_transfer * bs
+        return Limits(bs, max(bs, min(optimal, 1 << 20)) if optimal else max(bs, 4096),
+                      32 << 20)
+
+    def describe(self) -> str:
+        return f"iscsi:{self.display}"
+
+    def info(self) -> ImageInfo:
+        p = self.props
+        extra: dict[str, Any] = {
+            "vendor": p.inquiry.vendor, "product": p.inquiry.product,
+            "revision": p.inquiry.revision, "serial": p.serial, "lun": self.lun,
+            "thin": p.lbpme, "write_protected": p.write_protected, "fua": p.dpofua,
+            "max_transfer_blocks": p.limits.max_transfer, "negotiated": dict(p.negotiated)}
+        return ImageInfo(self.display, "iscsi", "remote", self.size, 0, uuid=self.uuid or None,
+                         block_size=self.block_size, sector_size=self.block_size, extra=extra)
+
+    async def _run(self, cdb: bytes, what: str, **kw: Any) -> Command:
+        return await run_scsi(self.path, self.lun, cdb, what, **kw)
+
+    # ---- reads and writes ----------------------------------------------------------------
+    async def _pread(self, offset: int, length: int) -> Buffer:
+        bs = self.block_size
+        if offset % bs or length % bs:
+            start = offset - offset % bs
+            end = -(-(offset + length) // bs) * bs
+            whole = await self._read_blocks(start, end - start)
+            return memoryview(whole)[offset - start:offset - start + length]
+        return await self._read_blocks(offset, length)
+
+    async def _read_blocks(self, offset: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        view = memoryview(buf)
+        bs = self.block_size
+        parts = _split(offset // bs, length // bs, self._io_blocks)
+        jobs = [self._run(scsi.read16(lba, n), f"READ(16) at LBA {lba}", read_len=n * bs,
+                          into=view[(lba * bs - offset):(lba + n) * bs - offset])
+                for lba, n in parts]
+        await (jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs))
+        return buf
+
+    async def _pwrite(self, offset: int, data: Buffer, fua: bool) -> None:
+        bs = self.block_size
+        if offset % bs or len(data) % bs:
+            await self._write_unaligned(offset, data, fua)
+            return
+        view = data if type(data) is memoryview else memoryview(data)
+        native = fua and self.props.dpofua
+        parts = _split(offset // bs, len(data) // bs, self._io_blocks)
+        jobs = [self._run(scsi.write16(lba, n, native), f"WRITE(16) at LBA {lba}",
+                          data_out=view[lba * bs - offset:(lba + n) * bs - offset])
+                for lba, n in parts]
+        await (jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs))
+        if fua and not native:
+            await self._flush()
+
+    async def _write_unaligned(self, offset: int, data: Buffer, fua: bool) -> None:
+        bs = self.block_size
+        start = offset - offset % bs
+        end = -(-(offset + len(data)) // bs) * bs
+        async with self._rmw:  # read-modify-write of the edge blocks
+            whole = await self._read_blocks(start, end - start)
+            whole[offset - start:offset - start + len(data)] = data
+            await self._pwrite(start, whole, fua)
+
+    async def _flush(self) -> None:
+        if self._sync16:
+            try:
+                await self._run(scsi.synchronize_cache16(), "SYNCHRONIZE CACHE(16)")
+                return
+            except ScsiStatusError as exc:
+                if exc.sense is None or exc.sense.asc != 0x20:  # INVALID OPCODE: try (10)
+                    raise
+                self._sync16 = False
+        await self._run(scsi.synchronize_cache10(), "SYNCHRONIZE CACHE(10)")
+
+    # ---- trim, zero, extents ---------------------------------------------------------------
+    async def _trim(self, offset: int, length: int, fua: bool) -> None:
+        bs = self.block_size
+        first, last = -(-offset // bs), (offset + length) // bs
+        if last > first:
+            most = min(self.props.limits.max_unmap_lbas, 1 << 22)
+            jobs = []
+            for lba, n in _split(first, last - first, most):
+                cdb, params = scsi.unmap([(lba, n)])
+                jobs.append(self._run(cdb, f"UNMAP at LBA {lba}", data_out=params))
+            await asyncio.gather(*jobs)
+        if fua:
+            await self._flush()
+
+    async def _zero(self, offset: int, length: int, may_trim: bool, fast: bool,
+                    fua: bool) -> None:
+        bs = self.block_size
+        first, last = -(-offset // bs), (offset + length) // bs
+        if not self._write_same or last <= first:
+            await self.write_zeroes_slowly(offset, length, fua)
+            return
+        if first * bs > offset:
+            await self._pwrite(offset, bytes(first * bs - offset), False)
+        if (offset + length) > last * bs:
+            await self._pwrite(last * bs, bytes(offset + length - last * bs), False)
+        unmap = may_trim and self._ws_unmap
+        most = self.props.limits.max_write_same or WRITE_SAME_CHUNK
+        block = bytes(bs)
+        await asyncio.gather(*[self._run(scsi.write_same16(lba, n, unmap),
+                                         f"WRITE SAME(16) at LBA {lba}", data_out=block)
+                               for lba, n in _split(first, last - first, most)])
+        if fua:
+            await self._flush()
+
+    async def _extents(self, offset: int, length: int) -> list[Extent]:
+        if not self.props.lba_status:
+            return [Extent(length, 0)]
+        bs = self.block_size
+        cmd = await self._run(scsi.get_lba_status(offset // bs), "GET LBA STATUS",
+                              read_len=4096)
+        out: list[Extent] = []
+        pos, end = offset, offset + length
+        hole = HOLE | (ZERO if self.props.lbprz else 0)
+        for lba, blocks, status in scsi.parse_lba_status(bytes(cmd.data)):
+            stop = min(end, (lba + blocks) * bs)
+            if lba * bs > pos or stop <= pos:
+                break  # not contiguous with what we have: report what we know
+            flags = hole if status == 1 else 0
+            if out and out[-1].flags == flags:
+                out[-1] = Extent(out[-1].length + stop - pos, flags)
+            else:
+                out.append(Extent(stop - pos, flags))
+            pos = stop
+            if pos >= end:
+                break
+        return out or [Extent(min(length, bs - offset % bs), 0)]
+
+    async def _close(self) -> None:
+        await self.path.close()
