@@ -194,6 +194,31 @@ async def test_freed_slot_is_reused_only_after_it_is_published(tmp_path: Path) -
     await img.close()
 
 
+async def test_flush_moves_a_bounded_number_of_blocks(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockyard.block.formats import vdi
+
+    monkeypatch.setattr(vdi, "MOVES_PER_FLUSH", 1)
+    path = tmp_path / "n.vdi"
+    img = VdiImage.create(path, 8 * MiB)
+    for block in range(6):
+        await img.pwrite(block * MiB, bytes([block + 1]) * MiB)
+    await img.flush()
+    await img.trim(0, 3 * MiB)  # slots 0..2 freed
+    await img.flush()
+    assert sorted(s for s in disk_map(path) if s < L.BLOCK_ZERO) == [0, 3, 4]  # one move
+    await img.pwrite(7 * MiB, b"\x08" * MiB)  # reuses a freed slot, the file does not grow
+    assert img.bmap[7] == 1 and path.stat().st_size == header(path).offset_data + 5 * MiB
+    await img.close()  # the final publish moves everything
+    entries = disk_map(path)
+    assert sorted(s for s in entries if s < L.BLOCK_ZERO) == [0, 1, 2, 3]
+    img = VdiImage.open(path, read_only=True)
+    assert not img.dirty and img.check().clean
+    assert await img.pread(3 * MiB, 3 * MiB) == b"\x04" * MiB + b"\x05" * MiB + b"\x06" * MiB
+    assert await img.pread(7 * MiB, MiB) == b"\x08" * MiB
+    await img.close()
+
+
 async def test_fua_allocation_reaches_the_map_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "u.vdi"
     img = VdiImage.create(path, 4 * MiB)

@@ -282,15 +282,19 @@ class VdiImage(MappedImage):
     def _meta_dirty(self) -> bool:
         return bool(self._dirty_sectors or self._header_dirty or self._pending or self._holes)
 
-    async def _publish(self) -> None:
-        """§7: data synced, then map + header, then synced; then squeeze freed slots."""
+    async def _publish(self, final: bool = False) -> None:
+        """§7: data synced, then map + header, then synced; then squeeze freed slots.
+
+        A flush moves at most ``MOVES_PER_FLUSH`` blocks (bounded latency); the
+        final publish at close moves them all, so a closed image is dense.
+        """
         if not self._meta_dirty():
             await self.file._flush()
             return
         await run_blocking(self._publish_sync)
         if self._holes:
             async with self._gate.exclusive():
-                await run_blocking(self._squeeze_sync, MOVES_PER_FLUSH)
+                await run_blocking(self._squeeze_sync, None if final else MOVES_PER_FLUSH)
 
     def _publish_sync(self) -> None:
         fd = self.file.fd

@@ -150,7 +150,8 @@ class MappedImage(ImageLayer):
         async with self._lock:
             await self._publish()
 
-    async def _publish(self) -> None:
+    async def _publish(self, final: bool = False) -> None:
+        """Make the metadata kept in memory durable (lock held); ``final`` at close."""
         raise NotImplementedError
 
     async def _cache(self, offset: int, length: int) -> None:
@@ -161,7 +162,8 @@ class MappedImage(ImageLayer):
             return
         try:
             if not self.read_only:
-                await self._flush()
+                async with self._lock:
+                    await self._publish(final=True)
         finally:
             await self.file.close()
 

@@ -284,7 +284,7 @@ class VhdImage(MappedImage):
     def _meta_dirty(self) -> bool:
         return bool(self._dirty_bitmaps or self._dirty_bat)
 
-    async def _publish(self) -> None:
+    async def _publish(self, final: bool = False) -> None:
         if self._meta_dirty():
             await run_blocking(self._publish_sync)
         else:
