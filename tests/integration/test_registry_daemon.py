@@ -115,3 +115,21 @@ def test_control_socket_of_another_user_stops_the_start(tmp_path: Path) -> None:
     r = cli(state, "medium", "list", check=2)
     assert "belongs to uid 4321, not to you" in r.stderr
     s.close()
+
+
+def test_an_attached_medium_whose_file_vanished_does_not_stop_the_server(
+        tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    write_pattern(tmp_path / "gone.img", MiB, {})
+    cli(state, "medium", "add", str(tmp_path / "gone.img"))  # no server: the database
+    cli(state, "controller", "add", "s", "--type", "scsi")
+    cli(state, "attach", "s", "--medium", "gone.img")
+    os.unlink(tmp_path / "gone.img")
+    srv = RegistryServer.start(state)
+    try:
+        assert export_names(srv.port) == ["demo"]
+        m = next(m for m in cli_json(state, "medium", "list") if m["name"] == "gone.img")
+        assert not m["accessible"] and "no such file" in m["last_error"]
+        assert "Accessible:      no: " in cli(state, "medium", "info", "gone.img").stdout
+    finally:
+        assert srv.stop() == 0

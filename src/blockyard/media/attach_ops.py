@@ -16,9 +16,10 @@ flight finish, then those connections close), then deletes the row.  So
 the registry never names an export that the server cannot serve, except
 for the instant in between.
 
-Observers: ``ATTACH_OBSERVERS`` / ``DETACH_OBSERVERS`` are called (in the
-daemon, after the change) with the ``Attachment``; the iSCSI target will
-subscribe to map controllers to targets and attachments to LUNs.
+Observers: the daemon's ``LiveServer.on_attach`` / ``on_detach`` lists are
+called after each live change with the ``Attachment`` and its layer; the
+iSCSI target will subscribe there to map controllers to targets and
+attachments to LUNs.
 """
 
 from __future__ import annotations

@@ -204,3 +204,15 @@ async def test_builder_write_modes_and_refusals(ctx: Context, tmp_path: Path) ->
                                 parent="normal.img")
     with pytest.raises(MediaError, match="differencing"):
         builder.build(ctx.lookup(child["uuid"]), ctx.lookup)
+
+
+async def test_compact_and_resize_update_the_registered_sizes(ctx: Context,
+                                                             tmp_path: Path) -> None:
+    m = await ops.media_add(ctx, str(tmp_path / "d.img"), create_size="8M")
+    with open(tmp_path / "d.img", "r+b") as f:
+        f.write(bytes(4 * MiB))  # allocated blocks full of zeroes
+        os.fsync(f.fileno())
+    grown = await ops.media_refresh(ctx)
+    assert grown[0]["allocated_size"] >= 4 * MiB
+    done = await modify.media_modify(ctx, m["uuid"], compact=True, resize="16M")
+    assert done["allocated_size"] < MiB and done["virtual_size"] == 16 * MiB
