@@ -294,6 +294,7 @@ class InitiatorLogin:
         self.state = _S.DONE
         p = self.params
         p.first_burst_length = min(p.first_burst_length, p.max_burst_length)  # §13.14
+        self.negotiated.setdefault("MaxRecvDataSegmentLength", str(p.peer_max_recv_data_segment))
         self.negotiated.setdefault("HeaderDigest", p.header_digest)
         self.negotiated.setdefault("DataDigest", p.data_digest)
         return LoginResult(p, rsp.tsih, self.exp_statsn, rsp.exp_cmdsn, rsp.max_cmdsn,

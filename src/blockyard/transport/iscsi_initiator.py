@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 from typing import Any
 
 from blockyard.block.remote import RemoteLun
@@ -308,8 +309,8 @@ class IscsiSession:
 def _why(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"cannot connect: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"cannot connect: {os.strerror(exc.errno)}"
     return str(exc) or type(exc).__name__
 
 
