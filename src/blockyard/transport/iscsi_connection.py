@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("blockyard.iscsi")
 # CHECK CONDITION, HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h), fixed format
+FLUSH_EVERY = int(os.environ.get("BLOCKYARD_ISCSI_FLUSH_EVERY", "16"))
 _INTERNAL_FAILURE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0])
 
 
@@ -149,12 +151,16 @@ class IscsiConnection(asyncio.BufferedProtocol):
         core = self.core
         assert core is not None
         self._busy = True
+        handled = 0
         try:
             while not self.closed:
                 event = core.next_event()
                 if event is NEED_DATA:
                     break
                 _EVENTS[type(event)](self, event)
+                handled += 1
+                if handled % FLUSH_EVERY == 0:
+                    self._flush()  # let the initiator start on these while we go on
         except RemoteProtocolError as exc:
             self.reason = f"protocol error: {exc}"
             self._flush()
