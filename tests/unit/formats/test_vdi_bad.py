@@ -25,8 +25,10 @@ MiB = 1 << 20
 def build(path: Path, *, packed: bool = False, blocks: int = 3) -> None:
     """A valid dynamic image with ``blocks`` written blocks (qemu-packed or VirtualBox layout)."""
     async def go() -> None:
-        if packed:
+        if packed:  # the header qemu-img writes: 0x180 bytes, map and data packed at 512
             h = L.new_header(8 * MiB, 64 << 10, fixed=False, align=512)
+            h.header_size, h.lchs = L.HEADER_V1_SIZE, None
+            h.text = b"<<< QEMU VM Virtual Disk Image >>>\n".ljust(64, b"\0")
             path.write_bytes(h.pack().ljust(h.offset_blocks, b"\0") + b"\xff" * 4 * 128)
             os.truncate(path, h.offset_data)
             img = VdiImage.open(path)
