@@ -42,6 +42,8 @@ from blockyard.iscsi.tasks import (
     FAILED,
     READY,
     SOLICITING,
+    TOO_LARGE,
+    UNSOLICITED,
     DataOutError,
     Task,
 )
@@ -80,9 +82,14 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
     task = Task(itt, decode_lun(pdu.lun), pdu.lun, cmdsn, immediate, pdu.cdb, pdu.edtl,
                 pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
     ready = None if immediate else w.arrive(cmdsn, task)
+    tasks[itt] = task
+    if pdu.write and pdu.edtl > conn.portal.max_write:
+        _refuse(conn, task, pdu)
+        if ready:
+            conn.in_order(ready)  # the refused task is skipped; others released with it run
+        return
     if pdu.write or pdu.data:
         task.start_write(pdu.data, pdu.final, conn.params)
-    tasks[itt] = task
     if task.state == SOLICITING:
         send_r2ts(conn, task)
     if immediate:
@@ -90,6 +97,14 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
             deliver(conn, task)
     elif ready:
         conn.in_order(ready)
+
+
+def _refuse(conn: TargetConnection, task: Task, pdu: ScsiCommandPdu) -> None:
+    """A write too large to buffer: CHECK CONDITION once its unsolicited data has ended."""
+    task.state = UNSOLICITED if not pdu.final else READY
+    task.fail(TOO_LARGE)
+    if not task.open_seqs:
+        _finish_failed(conn, task)
 
 
 def deliver(conn: TargetConnection, task: Task) -> None:

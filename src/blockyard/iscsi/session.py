@@ -52,6 +52,7 @@ class PortalConfig:
     preferences: tuple[Params, dict[str, tuple[str, ...]]] = field(
         default_factory=_default_prefs)
     cmd_window: int = 128
+    max_write: int = 64 << 20  # largest Expected Data Transfer Length we buffer for a write
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping; 0 disables
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer
     registry: SessionRegistry = field(default_factory=lambda: SessionRegistry())

@@ -45,6 +45,8 @@ def _sense(asc: int, ascq: int) -> bytes:
 CRC_ERROR = _sense(0x47, 0x05)  # PROTOCOL SERVICE CRC ERROR (§11.4.7.2)
 OFFSET_ERROR = _sense(0x4B, 0x05)  # DATA OFFSET ERROR
 TOO_MUCH_DATA = _sense(0x4B, 0x02)  # TOO MUCH WRITE DATA
+# ILLEGAL REQUEST, INVALID FIELD IN CDB: a write larger than we are willing to buffer
+TOO_LARGE = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0])
 
 
 class DataOutError(Exception):

@@ -249,3 +249,15 @@ def test_unsolicited_data_out_for_an_immediate_write() -> None:
     out = s.send(DataOut(final=True, itt=itt, ttt=RESERVED_TAG, datasn=0, offset=512,
                          data=b"u" * 512))
     assert isinstance(out[0], ScsiResponse) and out[0].status == 0
+
+
+def test_a_write_too_large_to_buffer_is_refused_without_allocating() -> None:
+    s = session(InitialR2T="No", FirstBurstLength="4096")
+    s.target.portal.max_write = 1 << 20
+    itt, out = s.command(write10(0, 4096), write=bytes(4096), edtl=2 << 20, final=False)
+    assert out == []  # waits for the end of the unsolicited data
+    out = s.send(DataOut(final=True, itt=itt, datasn=0, offset=4096, data=bytes(4)))
+    assert isinstance(out[0], ScsiResponse) and sense_of(out[0]) == (0x05, 0x24, 0)
+    assert s.device.calls == []
+    _, out = s.command(bytes(16))  # CmdSN order goes on past the refused command
+    assert out[0].status == 0
