@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -165,11 +166,23 @@ def _body(req: Request) -> dict[str, Any]:
 
 
 async def call_operation(ctx: Context, op: str, params: dict[str, Any]) -> Any:
-    """Run operation ``op`` with ``params`` bound to its signature (400 when they do not fit)."""
+    """Run operation ``op`` with ``params`` bound to its signature (400 when they do not fit).
+
+    Errors that are not ``BlockyardError`` yet -- a constraint the database
+    enforced, an ``OSError`` from a file -- become one (409, 422) here, so
+    neither the API nor the local CLI ever shows a traceback for them.
+    """
     func = OPERATIONS[op]
     try:
         inspect.signature(func).bind(ctx, **params)
     except TypeError as exc:
         raise errors.ConfigError(f"{op}: {exc}") from None
     result: Awaitable[Any] = func(ctx, **params)
-    return await result
+    try:
+        return await result
+    except sqlite3.IntegrityError as exc:  # a race the checks did not see: still no traceback
+        raise errors.ConflictError(f"{op}: the registry refused the change ({exc}); "
+                                   "look again and retry") from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise errors.MediaError(f"{op}: {where}{exc.strerror or exc}") from None

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,3 +172,27 @@ def test_a_server_holding_the_lock_without_a_socket_stops_the_cli(tmp_path: Path
     finally:
         os.close(fd)
     assert not open_backend(tmp_path).remote
+
+
+async def test_database_and_file_errors_become_blockyard_errors(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    from blockyard.control.api import call_operation
+    from blockyard.errors import MediaError
+    from blockyard.media import operations
+
+    reg = Registry(tmp_path)
+    ctx = Context(reg, tmp_path)
+
+    async def integrity(ctx: Context) -> None:
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: attachments.export_name")
+
+    async def oserror(ctx: Context) -> None:
+        raise PermissionError(13, "Permission denied", "/srv/x.img")
+    monkeypatch.setitem(operations.OPERATIONS, "media.refresh", integrity)
+    with pytest.raises(ConflictError, match="registry refused the change"):
+        await call_operation(ctx, "media.refresh", {})
+    monkeypatch.setitem(operations.OPERATIONS, "media.refresh", oserror)
+    with pytest.raises(MediaError, match="/srv/x.img: Permission denied"):
+        await call_operation(ctx, "media.refresh", {})
+    reg.close()
