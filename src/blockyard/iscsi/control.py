@@ -254,7 +254,7 @@ def abort_matching(conn: TargetConnection, match: Callable[[Task], bool],
                 task.aborted_by = tmf.itt
                 tmf.waiting.add(task.itt)
         else:
-            del conn.tasks[task.itt]
+            conn.drop_task(task)
     if len(conn.aborted) > 4096:
         conn.aborted = {t.itt for t in conn.tasks.values() if t.state == ABORTED}
     conn.pump()

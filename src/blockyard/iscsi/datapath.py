@@ -83,8 +83,12 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
                 pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
     ready = None if immediate else w.arrive(cmdsn, task)
     tasks[itt] = task
-    if pdu.write and pdu.edtl > conn.portal.max_write:
-        _refuse(conn, task, pdu)
+    if pdu.write:
+        conn.write_bytes += pdu.edtl
+    if pdu.write and (pdu.edtl > conn.portal.max_write or
+                      conn.write_bytes > conn.portal.max_write_buffer):
+        too_large = pdu.edtl > conn.portal.max_write
+        _refuse(conn, task, pdu, TOO_LARGE if too_large else b"", 0x02 if too_large else 0x28)
         if ready:
             conn.in_order(ready)  # the refused task is skipped; others released with it run
         return
@@ -99,10 +103,12 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
         conn.in_order(ready)
 
 
-def _refuse(conn: TargetConnection, task: Task, pdu: ScsiCommandPdu) -> None:
-    """A write too large to buffer: CHECK CONDITION once its unsolicited data has ended."""
+def _refuse(conn: TargetConnection, task: Task, pdu: ScsiCommandPdu, sense: bytes,
+            status: int) -> None:
+    """A write we will not buffer (too large, or too much held already: TASK SET FULL);
+    answered once its unsolicited data has ended."""
     task.state = UNSOLICITED if not pdu.final else READY
-    task.fail(TOO_LARGE)
+    task.fail(sense, status)
     if not task.open_seqs:
         _finish_failed(conn, task)
 
@@ -160,12 +166,13 @@ def data_out_failed(conn: TargetConnection, task: Task, pdu: DataOut, sense: byt
 
 
 def _finish_failed(conn: TargetConnection, task: Task) -> None:
-    del conn.tasks[task.itt]
+    conn.drop_task(task)
     conn.aborted.add(task.itt)
     task.state = ABORTED  # leaves the delivery queue
     w = conn.window
-    seg = len(task.sense).to_bytes(2, "big") + task.sense
-    conn.emit(pack_scsi_response(0, 0, 0x02, len(seg), task.itt, conn.next_statsn(),
+    sense = task.sense
+    seg = len(sense).to_bytes(2, "big") + sense if sense else b""
+    conn.emit(pack_scsi_response(0, 0, task.fail_status, len(seg), task.itt, conn.next_statsn(),
                                  w.exp_cmdsn, w.max_cmdsn, task.responses, 0, 0), seg)
     conn.pump()
 

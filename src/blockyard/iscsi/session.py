@@ -53,6 +53,7 @@ class PortalConfig:
         default_factory=_default_prefs)
     cmd_window: int = 128
     max_write: int = 64 << 20  # largest Expected Data Transfer Length we buffer for a write
+    max_write_buffer: int = 256 << 20  # writes held per connection before TASK SET FULL
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping; 0 disables
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer
     registry: SessionRegistry = field(default_factory=lambda: SessionRegistry())

@@ -97,6 +97,7 @@ class TargetConnection:
         self.window: CommandWindow[Any] = CommandWindow(0, portal.cmd_window)
         self.statsn = secrets.randbits(32) if first_statsn is None else first_statsn
         self.tasks: dict[int, Task] = {}
+        self.write_bytes = 0  # Expected Data Transfer Length of the writes we hold
         self.order: deque[Task] = deque()
         self.events: deque[Any] = deque()
         self.out: list[Buffer] = []
@@ -272,6 +273,11 @@ class TargetConnection:
                 break
 
     # ---- results --------------------------------------------------------------------
+    def drop_task(self, task: Task) -> None:
+        del self.tasks[task.itt]
+        if task.write:
+            self.write_bytes -= task.edtl
+
     def complete_command(self, itt: int, result: ScsiResult) -> None:
         """The SCSI layer finished the task ``itt``: send its Data-In and status."""
         task = self.tasks.get(itt)
@@ -279,7 +285,7 @@ class TargetConnection:
             if self.state is not State.FULL_FEATURE:
                 return  # the session ended while the command ran
             raise LocalProtocolError(f"complete_command for unknown task 0x{itt:08x}")
-        del self.tasks[itt]
+        self.drop_task(task)
         if task.state == ABORTED:
             control.aborted_task_done(self, task)
             return

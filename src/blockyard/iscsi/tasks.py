@@ -76,7 +76,7 @@ class Task:
     __slots__ = ("itt", "lun", "lun_field", "cmdsn", "immediate", "cdb", "edtl", "read", "write",
                  "attr", "read_len", "state", "buf", "data_out", "received", "unsol_limit",
                  "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses", "aborted_by",
-                 "sense", "open_seqs")
+                 "sense", "fail_status", "open_seqs")
 
     def __init__(self, itt: int, lun: int, lun_field: int, cmdsn: int, immediate: bool,
                  cdb: bytes, edtl: int, read: bool, write: bool, attr: int,
@@ -98,6 +98,7 @@ class Task:
         self.responses = 0  # R2T + Data-In PDUs sent, for ExpDataSN (§11.4.8)
         self.aborted_by: int | None = None  # ITT of the TMF waiting for this task
         self.sense = b""  # set when a Data-Out sequence failed (FAILED)
+        self.fail_status = 0x02  # CHECK CONDITION, or TASK SET FULL (28h, no sense)
         self.open_seqs: set[int] = set()  # sequences still to end (TTTs; 0xffffffff unsolicited)
 
     # ---- the data-out side ----------------------------------------------------------
@@ -190,8 +191,9 @@ class Task:
             self.state = READY
 
     # ---- failure ----------------------------------------------------------------------
-    def fail(self, sense: bytes) -> None:
+    def fail(self, sense: bytes, status: int = 0x02) -> None:
         """Stop taking data; remember which sequences must still end (§7.8 b)."""
+        self.fail_status = status
         self.open_seqs = set(self.r2ts)
         if self.state == UNSOLICITED:
             self.open_seqs.add(RESERVED_TAG)

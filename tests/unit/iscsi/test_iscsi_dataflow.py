@@ -261,3 +261,13 @@ def test_a_write_too_large_to_buffer_is_refused_without_allocating() -> None:
     assert s.device.calls == []
     _, out = s.command(bytes(16))  # CmdSN order goes on past the refused command
     assert out[0].status == 0
+
+
+def test_too_much_buffered_write_data_is_task_set_full() -> None:
+    s = session(InitialR2T="Yes", ImmediateData="No")
+    s.target.portal.max_write_buffer = 1 << 20
+    first, out = s.command(write10(0, 1536), write=bytes(768 << 10), immediate_data=0)
+    assert isinstance(out[0], R2T)  # held: waits for its data
+    _, out = s.command(write10(0, 1024), write=bytes(512 << 10), immediate_data=0)
+    assert isinstance(out[0], ScsiResponse) and out[0].status == 0x28 and out[0].data == b""
+    assert s.target.write_bytes == 768 << 10
