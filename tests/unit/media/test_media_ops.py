@@ -69,6 +69,10 @@ async def test_clone_keeps_bytes_and_sparseness_with_a_new_uuid(ctx: Context, tm
     assert bytes(await layer.pread(40 * MiB, 8192)) == b"B" * 8192
     assert bytes(await layer.pread(20 * MiB, 4096)) == bytes(4096)
     await layer.close()
+    back = await modify.media_clone(ctx, copy["uuid"], str(tmp_path / "back.img"),
+                                    format="raw")  # and the copy as a source, to raw
+    assert (tmp_path / "back.img").read_bytes() == src.read_bytes()
+    assert back["allocated_size"] < 8 * MiB
 
 
 async def test_clone_failure_leaves_no_half_copy(ctx: Context, tmp_path: Path) -> None:
@@ -216,3 +220,18 @@ async def test_compact_and_resize_update_the_registered_sizes(ctx: Context,
     assert grown[0]["allocated_size"] >= 4 * MiB
     done = await modify.media_modify(ctx, m["uuid"], compact=True, resize="16M")
     assert done["allocated_size"] < MiB and done["virtual_size"] == 16 * MiB
+
+
+def test_state_dir_comes_from_the_flag_then_the_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import argparse
+
+    from blockyard.cli.client import state_dir_of
+
+    monkeypatch.setenv("BLOCKYARD_STATE_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert state_dir_of(argparse.Namespace(state_dir=str(tmp_path / "flag"))) == \
+        tmp_path / "flag"
+    assert state_dir_of(argparse.Namespace(state_dir=None)) == tmp_path / "env"
+    monkeypatch.delenv("BLOCKYARD_STATE_DIR")
+    assert state_dir_of(argparse.Namespace()) == tmp_path / "xdg" / "blockyard"
