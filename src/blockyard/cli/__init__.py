@@ -16,7 +16,8 @@ import sys
 from blockyard import __version__
 from blockyard.errors import BlockyardError
 
-GROUPS = ["blockyard.cli.serve", "blockyard.cli.medium", "blockyard.cli.iscsi"]
+GROUPS = ["blockyard.cli.serve", "blockyard.cli.medium", "blockyard.cli.controller",
+          "blockyard.cli.config_cmd", "blockyard.cli.iscsi", "blockyard.cli.bandwidth"]
 
 
 def build_parser() -> argparse.ArgumentParser:
