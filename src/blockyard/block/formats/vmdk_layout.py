@@ -168,6 +168,7 @@ class Tables:
     rgd: array | None
     gts: dict[int, array] = field(default_factory=dict)  # GD index -> GT entries
     rgt_ok: bool = True  # False: redundant structures unusable (check() says why)
+    file_size: int = 0  # at load time
 
 
 def _read_u32(fd: int, sector: int, count: int, file_size: int, what: str, where: str) -> array:
@@ -186,7 +187,7 @@ def load_tables(fd: int, h: SparseHeader, file_size: int, where: str) -> Tables:
     rgd = None
     if h.use_rgd and not h.compressed:
         rgd = _read_u32(fd, h.rgd_offset, n, file_size, "redundant grain directory", where)
-    tables = Tables(gd, rgd)
+    tables = Tables(gd, rgd, file_size=file_size)
     for i, sector in enumerate(gd):
         if sector:
             tables.gts[i] = _read_u32(fd, sector, h.num_gtes_per_gt, file_size,
@@ -227,8 +228,9 @@ def grain_pointers(h: SparseHeader, t: Tables) -> array:
 def used_regions(h: SparseHeader, t: Tables) -> list[tuple[int, int]]:
     """(start, end) in bytes of everything the tables reference, sorted."""
     regions = [(a * SECTOR, b * SECTOR) for a, b, _ in metadata_regions(h, t)]
-    if t.rgd is not None and not t.rgt_ok:  # still keep clear of what the RGD names
-        regions += [(s * SECTOR, (s + h.gt_sectors) * SECTOR) for s in t.rgd if s]
+    if t.rgd is not None and not t.rgt_ok:  # keep clear of what the RGD names in the file
+        regions += [(s * SECTOR, (s + h.gt_sectors) * SECTOR) for s in t.rgd
+                    if s and s * SECTOR < t.file_size]
     size = h.grain_size * SECTOR
     regions += [(g * SECTOR, g * SECTOR + size) for g in grain_pointers(h, t)]
     return sorted(regions)
