@@ -17,6 +17,8 @@ from blockyard.block.layer import HOLE, ZERO
 from blockyard.block.ram import RamDisk
 from blockyard.errors import BlockError, MediaError
 
+from .conftest import concurrent_stress
+
 MiB = 1 << 20
 
 
@@ -422,4 +424,15 @@ async def test_odd_disk_size_is_rounded_down(tmp_path: Path) -> None:
     rewrite_header(path, disk_size=2 * MiB - 100)  # §1.2: VirtualBox rounds odd sizes down
     img = VdiImage.open(path, read_only=True)
     assert img.size == 2 * MiB - 512
+    await img.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_concurrent_io_while_blocks_move(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "s.vdi"
+    img = VdiImage.create(path, 8 * MiB, block_size=256 << 10)  # block writes use the I/O pool
+    await concurrent_stress(img, tasks=8, ops=150, seed=seed)
+    await img.close()
+    img = VdiImage.open(path, read_only=True)
+    assert img.check().clean
     await img.close()

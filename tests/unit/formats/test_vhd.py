@@ -15,6 +15,8 @@ from blockyard.block.layer import HOLE, ZERO
 from blockyard.block.ram import RamDisk
 from blockyard.errors import BlockError, MediaError
 
+from .conftest import concurrent_stress
+
 MiB = 1 << 20
 BS = 2 * MiB
 
@@ -310,3 +312,14 @@ def test_create_refuses_bad_requests(tmp_path: Path, kw: dict[str, object], mess
     with pytest.raises(MediaError, match=message):
         VhdImage.create(tmp_path / "x.vhd", MiB, **kw)  # type: ignore[arg-type]
     assert not (tmp_path / "x.vhd").exists()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_concurrent_io_while_blocks_move(tmp_path: Path, seed: int) -> None:
+    path = tmp_path / "s.vhd"
+    img = VhdImage.create(path, 8 * MiB, block_size=256 << 10)  # block writes use the I/O pool
+    await concurrent_stress(img, tasks=8, ops=150, seed=seed)
+    await img.close()
+    img = VhdImage.open(path, read_only=True)
+    assert img.check().clean
+    await img.close()
