@@ -38,6 +38,7 @@ from enum import Enum
 from blockyard.iscsi.initiator import InitiatorConnection
 from blockyard.iscsi.initiator_command import Command
 from blockyard.iscsi.initiator_config import InitiatorSettings, random_isid
+from blockyard.iscsi.initiator_events import InitiatorState
 from blockyard.iscsi.initiator_login import LoginError, LoginResult
 
 MAX_BACKOFF = 5.0
@@ -133,8 +134,9 @@ class InitiatorSession:
             return
         cmd.seq = next(self._seq)
         self.pending[cmd.seq] = cmd
-        if self.conn is not None and self.state in (SessionState.LOGIN, SessionState.UP):
-            self.conn.submit(cmd, now)
+        conn = self.conn
+        if conn is not None and conn.state in (InitiatorState.LOGIN, InitiatorState.FULL_FEATURE):
+            conn.submit(cmd, now)  # else it waits in ``pending`` for the next connection
 
     def command_done(self, cmd: Command) -> None:
         self.pending.pop(cmd.seq, None)

@@ -356,10 +356,14 @@ async def discover(portal: str, initiator_name: str = DEFAULT_INITIATOR,
 
 
 async def open_remote(url: str, read_only: bool = False, *,
-                      reconnect_for: float | None = None) -> RemoteLun:
-    """A remote LUN as a block Layer (``block.remote.RemoteLun``); see the module docstring."""
+                      reconnect_for: float | None = None, **settings: Any) -> RemoteLun:
+    """A remote LUN as a block Layer (``block.remote.RemoteLun``); see the module docstring.
+
+    ``settings`` override ``InitiatorSettings`` fields (``nop_interval``,
+    ``command_timeout``, ``initiator_name`` ...) over what the URL says.
+    """
     parsed = parse_url(url)
-    session = IscsiSession(parsed, reconnect_for=reconnect_for)
+    session = IscsiSession(parsed, settings_for(parsed, **settings), reconnect_for=reconnect_for)
     await session.open()
     try:
         props = await inspect_lun(session, parsed.lun)

@@ -91,3 +91,18 @@ def test_final_login_errors_are_not_retried() -> None:
     busy = InitiatorSession(settings())
     busy.connect(0.0)
     assert busy.login_refused(0.0, LoginError("service unavailable", 0x0301)) == 0.25
+
+
+def test_submit_while_logging_out_waits_for_the_next_connection() -> None:
+    session = InitiatorSession(settings(), isid=0x8000_0007)
+    pair = Pair(conn=session.connect(0.0))
+    _up(session, pair)
+    pair.ini.logout()
+    late = Command(read10(0, 1), read_len=BLOCK)
+    session.submit(late, 0.0)
+    assert not late.done and late not in pair.ini.queue
+    pair.run()
+    session.connection_ended(1.0, "the target asked us to log out", 0.0)
+    second = Pair(cfg=pair.cfg, device=pair.device, conn=session.connect(1.0))
+    _up(session, second)
+    assert done(second.events) == [late] and late.status == 0
