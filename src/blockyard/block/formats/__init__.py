@@ -43,15 +43,20 @@ def probe(path: str | os.PathLike[str]) -> str:
         with open(p, "rb") as f:
             head = f.read(PROBE_BYTES)
             size = os.fstat(f.fileno()).st_size
+            tail = os.pread(f.fileno(), 512, size - 512) if size >= 512 else b""
     except OSError as exc:
         raise MediaError(f"{p}: cannot read: {exc.strerror}") from None
-    for name in DRIVERS:
-        try:
-            cls = driver(name)
-            if cls.probe(head, size):
-                return name
-        except Exception as exc:  # a broken driver costs only its own format
-            log.error("image format %s unavailable: %s", name, exc)
+    for stage in ("head", "tail"):  # magic at the start wins over a footer at the end
+        for name in DRIVERS:
+            try:
+                cls = driver(name)
+                if stage == "head" and name != "raw" and cls.probe(head, size):
+                    return name
+                tail_probe = getattr(cls, "probe_tail", None)
+                if stage == "tail" and tail_probe is not None and tail_probe(tail, size):
+                    return name
+            except Exception as exc:  # a broken driver costs only its own format
+                log.error("image format %s unavailable: %s", name, exc)
     return "raw"
 
 

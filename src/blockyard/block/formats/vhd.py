@@ -83,6 +83,11 @@ class VhdImage(MappedImage):
         # a fixed VHD has its only footer at EOF: visible only when the whole file is in head
         return len(head) == size >= 512 and head[size - 512:size - 504] == V.FOOTER_COOKIE
 
+    @staticmethod
+    def probe_tail(tail: bytes, size: int) -> bool:
+        """A fixed VHD: the footer (cookie "conectix") in the last 512 bytes."""
+        return size >= 1024 and size % 512 == 0 and tail[-512:-504] == V.FOOTER_COOKIE
+
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> VhdImage:
         return cls(*cls.open_file(path, read_only, V.load))
