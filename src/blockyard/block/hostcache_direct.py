@@ -17,8 +17,8 @@ moves to disk in a *write-out*: the dirty map is swapped for an empty one
 write-out happens
 
 * on FLUSH (then ``fdatasync``), and on close;
-* when a write would push the cache over ``cache_limit`` (the writer waits:
-  back-pressure);
+* in the background as soon as the cache is half full, and when a write
+  would push it over ``cache_limit`` (then the writer waits: back-pressure);
 * at the latest ``writeout_delay`` seconds (default 1 s) after the cache
   became dirty, from a timer task;
 * before EXTENTS over a dirty range (so holes are reported truthfully).
@@ -175,7 +175,11 @@ class DirectFile(RawFile):
         while self._dirty and self._dirty.nbytes + n > self.cache_limit:
             await self._writeout()  # back-pressure: wait for the cache to drain
         self._dirty.insert(offset, data)
-        self._arm_timer()
+        if self._dirty.nbytes >= self.cache_limit // 2:  # start early: writers rarely wait
+            self._cancel_timer()
+            self._start_background_writeout()
+        else:
+            self._arm_timer()
 
     async def _write_through(self, offset: int, data: Buffer, dsync: bool) -> None:
         async with self._io_lock:
