@@ -77,6 +77,8 @@ class DirtyMap:
         self.nbytes += len(merged)
 
     def discard(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
         end = offset + length
         lo, hi = self._span(offset, end, touching=False)
         if lo >= hi:
@@ -99,6 +101,8 @@ class DirtyMap:
         self.nbytes += sum(len(b) for b in keep_b)
 
     def overlaps(self, offset: int, length: int) -> bool:
+        if length <= 0:
+            return False
         lo, hi = self._span(offset, offset + length, touching=False)
         return lo < hi
 
