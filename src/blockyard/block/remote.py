@@ -183,16 +183,30 @@ class RemoteLun(Layer):
             return memoryview(whole)[offset - start:offset - start + length]
         return await self._read_blocks(offset, length)
 
+    async def readinto(self, offset: int, buf: memoryview) -> None:
+        """Read ``len(buf)`` bytes at ``offset`` straight into ``buf`` (block-aligned).
+
+        For copy loops that recycle their buffers: no allocation, no zero-filling.
+        """
+        bs = self.block_size
+        if offset % bs or len(buf) % bs or offset < 0 or offset + len(buf) > self.size:
+            raise BlockError(errno.EINVAL, f"readinto {offset}+{len(buf)}: not whole blocks "
+                                           f"of {bs} bytes inside 0..{self.size}")
+        await self._read_view(offset, buf)
+
     async def _read_blocks(self, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
-        view = memoryview(buf)
+        await self._read_view(offset, memoryview(buf))
+        return buf
+
+    async def _read_view(self, offset: int, view: memoryview) -> None:
+        length = len(view)
         bs = self.block_size
         parts = _split(offset // bs, length // bs, self._io_blocks)
         jobs = [self._run(scsi.read16(lba, n), f"READ(16) at LBA {lba}", read_len=n * bs,
                           into=view[(lba * bs - offset):(lba + n) * bs - offset])
                 for lba, n in parts]
         await (jobs[0] if len(jobs) == 1 else asyncio.gather(*jobs))
-        return buf
 
     async def _pwrite(self, offset: int, data: Buffer, fua: bool) -> None:
         bs = self.block_size

@@ -44,7 +44,7 @@ from blockyard.errors import LocalProtocolError, RemoteProtocolError
 from blockyard.iscsi import initiator_control as control
 from blockyard.iscsi.constants import RESERVED_TAG, Opcode
 from blockyard.iscsi.digest import padding_for
-from blockyard.iscsi.framing import PduReader, PduRejected, frame
+from blockyard.iscsi.framing import PduRejected, frame
 from blockyard.iscsi.initiator_command import (
     Command,
     answer_r2t,
@@ -68,6 +68,7 @@ from blockyard.iscsi.initiator_login import (
     LoginRedirect,
     LoginResult,
 )
+from blockyard.iscsi.initiator_reader import InitiatorReader
 from blockyard.iscsi.keys import Params
 from blockyard.iscsi.pdu import Buffer, Pdu
 from blockyard.iscsi.pdu_initiator import LoginRequest
@@ -87,7 +88,8 @@ class InitiatorConnection:
         self.settings = settings
         self.isid, self.cid = isid, cid
         self.state = S.LOGIN
-        self.reader = PduReader(max(settings.max_recv_data_segment, LOGIN_SEGMENT))
+        self.reader = InitiatorReader(max(settings.max_recv_data_segment, LOGIN_SEGMENT),
+                                      self._place)
         self.cmdsn = secrets.randbits(32) if cmdsn is None else cmdsn
         self.exp_cmdsn = self.max_cmdsn = self.cmdsn
         self.exp_statsn = 0
@@ -267,10 +269,18 @@ class InitiatorConnection:
             raise RemoteProtocolError(f"{what} for unknown task 0x{itt:08x}")
         return cmd
 
+    def _place(self, pdu: DataIn, length: int) -> memoryview | None:
+        """Where a Data-In payload still arriving goes (``initiator_reader``), if sane."""
+        cmd = self.tasks.get(pdu.itt)
+        if cmd is None or cmd.buffer is None or pdu.datasn != cmd.next_datasn or \
+                pdu.offset + length > cmd.read_len:
+            return None  # the normal path copies it and raises what is wrong
+        return memoryview(cmd.buffer)[pdu.offset:pdu.offset + length]
+
     def _on_data_in(self, pdu: DataIn) -> None:
         self.update_window(pdu.exp_cmdsn, pdu.max_cmdsn)
         cmd = self._task(pdu.itt, "Data-In")
-        if take_data_in(cmd, pdu):
+        if take_data_in(cmd, pdu, pdu is self.reader.placed):
             self.advance_statsn(pdu.statsn)
             self.complete(cmd)
 

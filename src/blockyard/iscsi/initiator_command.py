@@ -155,8 +155,8 @@ def answer_r2t(cmd: Command, r2t: R2T, exp_statsn: int, seg: int) -> Emit:
     return data_out_sequence(cmd, view, r2t.offset, r2t.length, r2t.ttt, exp_statsn, seg)
 
 
-def take_data_in(cmd: Command, pdu: DataIn) -> bool:
-    """Store one Data-In; True when it carried the status (S bit)."""
+def take_data_in(cmd: Command, pdu: DataIn, placed: bool = False) -> bool:
+    """Store one Data-In (unless the reader ``placed`` it already); True on the S bit."""
     n = len(pdu.data)
     if pdu.datasn != cmd.next_datasn:  # §7.8: ERL 0 cannot recover a gap
         raise RemoteProtocolError(f"Data-In DataSN {pdu.datasn}, expected {cmd.next_datasn}",
@@ -168,7 +168,8 @@ def take_data_in(cmd: Command, pdu: DataIn) -> bool:
             raise RemoteProtocolError(
                 f"Data-In of {n} bytes at offset {pdu.offset} past the expected "
                 f"{cmd.read_len}", RejectReason.PROTOCOL_ERROR)
-        buf[pdu.offset:pdu.offset + n] = pdu.data
+        if not placed:
+            buf[pdu.offset:pdu.offset + n] = pdu.data
         cmd.received += n
     if pdu.status_present:
         cmd.status, cmd.flags, cmd.residual = pdu.status, pdu.residual_flags, pdu.residual
