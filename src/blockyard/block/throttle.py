@@ -12,7 +12,12 @@ running loop's ``call_later``.  A group lives on one event loop.
 
 ``ThrottleLayer(inner, group, session_key)`` is the block layer at the top of
 a session's stack: one per (medium, session), all of a group's layers share
-the group object, whichever protocol the session speaks.  Reads and writes
+the group object, whichever protocol the session speaks.  A transport that
+keeps one layer per medium for all its sessions builds it with
+``session_key=None`` instead and names the session of each request in the
+context variable ``SESSION`` (``token = SESSION.set(key)`` around starting the
+request's task, ``SESSION.reset(token)`` after: a Task copies the context
+when it is created); requests with no session set share the key "-".  Reads and writes
 are charged their data length before they reach ``inner``; flush, trim,
 zero, extents and cache move no data and pass free.  The layer never offers
 ``sync_pread`` or ``sendfile_fd`` (the base class defaults, None), so the
@@ -26,6 +31,7 @@ normally shared by every session that uses it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -36,6 +42,8 @@ from blockyard.block.throttle_sched import QUANTUM, FairScheduler, Ticket
 from blockyard.util.limits import check_rate, describe_limit
 
 log = logging.getLogger("blockyard.bandwidth")
+SESSION: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar(
+    "blockyard_bandwidth_session", default=None)
 
 
 class TimerHandle(Protocol):
@@ -82,6 +90,7 @@ class ThrottleGroup:
     # ---- sessions ------------------------------------------------------------------
     def attach(self, session: Hashable) -> None:
         self.sessions[session] = self.sessions.get(session, 0) + 1
+        self._sched.pin(session)
 
     def detach(self, session: Hashable) -> None:
         left = self.sessions.get(session, 0) - 1
@@ -148,25 +157,32 @@ class ThrottleGroup:
 class ThrottleLayer(Layer):
     """Charges a session's reads and writes to its bandwidth group."""
 
-    def __init__(self, inner: Layer, group: ThrottleGroup, session_key: Hashable, *,
+    def __init__(self, inner: Layer, group: ThrottleGroup, session_key: Hashable | None, *,
                  owns_inner: bool = False) -> None:
         super().__init__(inner)
         self.group = group
         self.session_key = session_key
         self.owns_inner = owns_inner
-        self._attached = True
-        group.attach(session_key)
+        self._attached = session_key is not None
+        if session_key is not None:
+            group.attach(session_key)
+
+    def _session(self) -> Hashable:
+        key = self.session_key
+        if key is None:
+            key = SESSION.get()
+        return "-" if key is None else key
 
     @property
     def write_cache_enabled(self) -> bool:
         return bool(getattr(self.inner, "write_cache_enabled", True))
 
     async def _pread(self, offset: int, length: int) -> Buffer:
-        await self.group.admit(self.session_key, length)
+        await self.group.admit(self._session(), length)
         return await self._next().pread(offset, length)
 
     async def _pwrite(self, offset: int, data: Buffer, fua: bool) -> None:
-        await self.group.admit(self.session_key, len(data))
+        await self.group.admit(self._session(), len(data))
         await self._next().pwrite(offset, data, fua)
 
     def detach(self) -> None:
@@ -181,4 +197,5 @@ class ThrottleLayer(Layer):
 
     def describe(self) -> str:
         inner = self.inner.describe() if self.inner is not None else "-"
-        return f"throttle[{self.group.name}:{self.session_key}] -> {inner}"
+        key = "context" if self.session_key is None else self.session_key
+        return f"throttle[{self.group.name}:{key}] -> {inner}"

@@ -83,6 +83,7 @@ class FairScheduler:
         self._vtime: dict[Hashable, int] = {}
         self._vclock = 0
         self.admitted: dict[Hashable, int] = {}  # bytes admitted per session
+        self.pinned: set[Hashable] = set()  # sessions whose statistics are kept
 
     # ---- queries -----------------------------------------------------------------
     @property
@@ -99,6 +100,8 @@ class FairScheduler:
     # ---- requests --------------------------------------------------------------------
     def request(self, session: Hashable, nbytes: int, now: float) -> Ticket | None:
         """Admit now (None) or queue a ticket; call ``poll`` after queueing."""
+        if session not in self._vtime:
+            self._maybe_prune()
         if nbytes <= 0 or self.bucket.unlimited:
             self._account(session, nbytes)
             return None
@@ -132,8 +135,26 @@ class FairScheduler:
     def _account(self, session: Hashable, nbytes: int) -> None:
         self.admitted[session] = self.admitted.get(session, 0) + nbytes
 
+    def _maybe_prune(self) -> None:
+        """Forget idle, unpinned sessions once there are many (keys that come and go,
+        such as peer addresses).  Only those at most one quantum ahead of the
+        virtual clock are dropped: activation raises them to the clock anyway, so
+        forgetting costs at most one quantum of fairness, and the statistics."""
+        if len(self._vtime) + len(self.admitted) <= 8 * len(self.pinned) + 512:
+            return
+        horizon = self._vclock + self.quantum
+        for key in [k for k in self._vtime if k not in self.pinned and k not in self._queues
+                    and self._vtime[k] <= horizon]:
+            del self._vtime[key]
+        for key in [k for k in self.admitted if k not in self.pinned and k not in self._vtime]:
+            del self.admitted[key]
+
+    def pin(self, session: Hashable) -> None:
+        self.pinned.add(session)
+
     def forget(self, session: Hashable) -> None:
         """Drop a finished session's statistics and virtual time."""
+        self.pinned.discard(session)
         self.admitted.pop(session, None)
         if session not in self._queues:
             self._vtime.pop(session, None)

@@ -13,7 +13,7 @@ import pytest
 from blockyard.block.layer import Layer
 from blockyard.block.ram import RamDisk
 from blockyard.block.raw import RawFile
-from blockyard.block.throttle import ThrottleGroup, ThrottleLayer
+from blockyard.block.throttle import SESSION, ThrottleGroup, ThrottleLayer
 from blockyard.errors import ConfigError
 
 MiB = 1 << 20
@@ -226,3 +226,28 @@ async def test_closing_a_session_detaches_but_keeps_the_shared_medium() -> None:
     assert set(group.sessions) == {"b"}
     await b.pwrite(0, b"still open")
     assert await b.pread(0, 10) == b"still open"
+
+
+async def test_one_layer_per_medium_with_the_session_in_the_context() -> None:
+    ft = FakeTime()
+    group = make_group(ft, 20 * MiB)
+    layer = ThrottleLayer(RamDisk(8 * MiB), group, None)  # shared by every session
+    assert group.sessions == {} and "throttle[g:context]" in layer.describe()
+    counts: dict[str, int] = {}
+    tasks = []
+    for key, size, depth in (("nbd:10.0.0.1:5000", MiB, 8), ("iscsi:iqn.x", 4096, 1)):
+        token = SESSION.set(key)  # as a transport does around starting a request's task
+        try:
+            tasks += [asyncio.ensure_future(reader(layer, size, counts, key))
+                      for _ in range(depth)]
+        finally:
+            SESSION.reset(token)
+    await layer.pread(0, 4096)  # no session in the context: charged to "-"
+    await ft.run_until(3.0)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert group.admitted("-") == 4096
+    a, b = counts["nbd:10.0.0.1:5000"], counts["iscsi:iqn.x"]
+    assert a == pytest.approx(b, abs=2 * MiB)  # fair although one layer serves both
+    await layer.close()  # nothing attached, nothing to detach

@@ -218,3 +218,15 @@ def test_scheduler_keeps_the_bucket_invariant(rate: int, load: list[tuple[int, i
         for t, n in takes[i:]:
             total += n
             assert total <= rate * (t - takes[i][0]) + cap + 1e-3
+
+
+def test_keys_that_come_and_go_do_not_pile_up() -> None:
+    s = FairScheduler(MiB, now=0.0)
+    s.pin("kept")
+    s.request("kept", 10, 0.0)
+    for i in range(10_000):  # e.g. one key per short NBD connection
+        s.request(f"peer-{i}", 1, float(i))
+    assert len(s.admitted) < 1100 and len(s._vtime) < 1100  # bounded, not 10 001
+    assert s.admitted["kept"] == 10
+    s.forget("kept")
+    assert "kept" not in s.admitted and "kept" not in s.pinned
