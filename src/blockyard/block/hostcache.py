@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from blockyard.block.hostcache_direct import DirectFile, DirectIOUnsupported
 from blockyard.block.layer import Layer
@@ -81,3 +82,19 @@ def _warn_once(path: str, reason: str) -> None:
 def host_cache_in_force(layer: Layer) -> bool:
     """True if ``layer`` (a leaf from ``open_raw``) goes through the page cache."""
     return not isinstance(layer, DirectFile)
+
+
+def write_cache_control(layer: Layer) -> tuple[bool, Callable[[bool], None] | None]:
+    """For the SCSI caching mode page: (WCE now, a setter or None), found down the stack.
+
+    ``DiskOptions(write_cache=enabled, on_write_cache_change=setter)``: with the
+    host cache off the setter switches our write-back cache; with it on (page
+    cache) there is nothing to switch and WCE stays reported as 1.
+    """
+    node: Layer | None = layer
+    while node is not None:
+        setter = getattr(node, "set_write_cache", None)
+        if callable(setter):
+            return bool(getattr(node, "write_cache_enabled", True)), setter
+        node = node.inner
+    return True, None

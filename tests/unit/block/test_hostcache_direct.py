@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from blockyard.block.hostcache import host_cache_in_force, open_raw, parse_host_cache
+from blockyard.block.hostcache import (
+    host_cache_in_force,
+    open_raw,
+    parse_host_cache,
+    write_cache_control,
+)
 from blockyard.block.hostcache_direct import DirectFile
 from blockyard.block.layer import HOLE
 from blockyard.block.raw import RawFile
@@ -334,6 +339,23 @@ async def test_turning_the_write_cache_off_writes_through(disk_dir: Path) -> Non
     no_cache = DirectFile(disk_dir / "d", cache_limit=0)
     assert not no_cache.write_cache_enabled
     await no_cache.close()
+
+
+async def test_write_cache_control_is_found_under_filters(disk_dir: Path) -> None:
+    from blockyard.block.throttle import ThrottleGroup, ThrottleLayer
+
+    make_image(disk_dir / "d", MiB)
+    direct = DirectFile(disk_dir / "d", writeout_delay=3600)
+    top = ThrottleLayer(direct, ThrottleGroup("g", 0), "s")
+    enabled, setter = write_cache_control(top)
+    assert enabled and setter is not None and top.write_cache_enabled
+    setter(False)
+    assert not direct.write_cache_enabled and not top.write_cache_enabled
+    assert write_cache_control(top)[0] is False
+    await direct.close()
+    buffered = RawFile(disk_dir / "d")
+    assert write_cache_control(buffered) == (True, None)
+    await buffered.close()
 
 
 async def test_extents_see_cached_writes_in_holes(disk_dir: Path) -> None:
