@@ -5,9 +5,7 @@ tmpfs fallback; and proof that reads and writes bypass the page cache (mincore).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
-import logging
 import mmap
 import os
 import random
@@ -54,8 +52,7 @@ def direct_io_works(directory: str) -> bool:
         os.unlink(probe)
 
 
-@pytest.fixture
-def disk_dir() -> Iterator[Path]:
+def direct_dir() -> Iterator[Path]:
     """A directory on a filesystem that does O_DIRECT (/var/tmp, not a tmpfs /tmp)."""
     root = os.environ.get("BLOCKYARD_DIRECT_DIR", "/var/tmp")
     if not direct_io_works(root):
@@ -64,6 +61,11 @@ def disk_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="blockyard-test-", dir=root))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(name="disk_dir")
+def disk_dir_fixture() -> Iterator[Path]:
+    yield from direct_dir()
 
 
 def make_image(path: Path, size: int, seed: int = 1) -> bytearray:
@@ -108,86 +110,6 @@ async def test_open_raw_picks_the_layer(disk_dir: Path) -> None:
     finally:
         await on.close()
         await off.close()
-
-
-async def test_tmpfs_falls_back_to_buffered_io_and_says_so_once(caplog, monkeypatch) -> None:
-    import blockyard.block.hostcache as hc
-
-    if not os.path.isdir("/dev/shm"):
-        pytest.skip("SKIPPED LOUDLY: no /dev/shm here")
-    if direct_io_works("/dev/shm"):  # Linux >= 6.6: tmpfs does O_DIRECT; then so do we
-        d = Path(tempfile.mkdtemp(dir="/dev/shm"))
-        try:
-            make_image(d / "a", 64 * KiB)
-            layer = open_raw(d / "a", host_cache=False)
-            assert isinstance(layer, DirectFile)
-            await layer.close()
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-        return
-    monkeypatch.setattr(hc, "_warned_filesystems", set())
-    d = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    try:
-        make_image(d / "a", 64 * KiB)
-        make_image(d / "b", 64 * KiB)
-        with caplog.at_level(logging.DEBUG, logger="blockyard.hostcache"):
-            a = open_raw(d / "a", host_cache=False)
-            b = open_raw(d / "b", host_cache=False)
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1 and "direct I/O" in warnings[0].getMessage()
-        assert type(a) is RawFile and type(b) is RawFile
-        await a.pwrite(100, b"fallback")
-        await a.flush()
-        assert (d / "a").read_bytes()[100:108] == b"fallback"
-        await a.close()
-        await b.close()
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-async def test_refused_o_direct_falls_back_once_per_filesystem(disk_dir: Path, caplog,
-                                                             monkeypatch) -> None:
-    """Since Linux 6.6 tmpfs accepts O_DIRECT, so the refusal is simulated here: open(2)
-    with O_DIRECT fails with EINVAL, as on older tmpfs and some FUSE filesystems."""
-    import blockyard.block.hostcache as hc
-    from blockyard.block import hostcache_direct
-
-    real_open = os.open
-
-    def refusing_open(path, flags, *args):  # type: ignore[no-untyped-def]
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(hostcache_direct.os, "open", refusing_open)
-    monkeypatch.setattr(hc, "_warned_filesystems", set())
-    make_image(disk_dir / "a", 64 * KiB)
-    make_image(disk_dir / "b", 64 * KiB)
-    with caplog.at_level(logging.DEBUG, logger="blockyard.hostcache"):
-        a = open_raw(disk_dir / "a", host_cache=False)
-        b = open_raw(disk_dir / "b", host_cache=False)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "does not support direct I/O" in warnings[0].getMessage()
-    assert type(a) is RawFile and type(b) is RawFile and host_cache_in_force(a)
-    await a.pwrite(100, b"fallback")
-    await a.flush()
-    assert (disk_dir / "a").read_bytes()[100:108] == b"fallback"
-    await a.close()
-    await b.close()
-
-
-async def test_o_direct_accepted_but_failing_io_also_falls_back(disk_dir: Path,
-                                                                 monkeypatch) -> None:
-    from blockyard.block import hostcache_direct
-
-    def failing_read(*args: object) -> bytearray:
-        raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(hostcache_direct, "read_aligned_sync", failing_read)
-    make_image(disk_dir / "a", 64 * KiB)
-    layer = open_raw(disk_dir / "a", host_cache=False)
-    assert type(layer) is RawFile
-    await layer.close()
 
 
 # ---- data correctness ---------------------------------------------------------------------
@@ -407,63 +329,3 @@ async def test_close_writes_the_cache_out(disk_dir: Path) -> None:
     await layer.pwrite(777, b"closing")
     await layer.close()
     assert on_disk(disk_dir / "d")[777:784] == b"closing"
-
-
-# ---- the page cache is bypassed -------------------------------------------------------------
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-
-def resident_pages(path: Path) -> int:
-    """Pages of ``path`` in the page cache, by mincore(2) over a fresh mapping."""
-    size = os.path.getsize(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        assert addr not in (None, ctypes.c_void_p(-1).value)
-        try:
-            vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
-            assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
-            return sum(v & 1 for v in vec)
-        finally:
-            _libc.munmap(addr, size)
-    finally:
-        os.close(fd)
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-async def test_reads_and_writes_bypass_the_page_cache(disk_dir: Path) -> None:
-    path = disk_dir / "d"
-    make_image(path, 4 * MiB)
-    evict(path)
-    if resident_pages(path) > 16:
-        pytest.skip("SKIPPED LOUDLY: the kernel keeps this file cached after FADV_DONTNEED")
-    layer = DirectFile(path, writeout_delay=3600)
-    try:
-        for _ in range(3):  # the same range, again and again: never cached
-            await layer.pread(0, 4 * MiB)
-            await layer.pread(12345, 100_000)
-        await layer.pwrite(MiB, os.urandom(MiB))
-        await layer.pwrite(3, b"unaligned")
-        await layer.flush()
-        assert resident_pages(path) == 0
-    finally:
-        await layer.close()
-    buffered = RawFile(path)  # the control: the same reads with the host cache on
-    try:
-        await buffered.pread(0, 4 * MiB)
-        assert resident_pages(path) >= 4 * MiB // mmap.PAGESIZE - 16
-    finally:
-        await buffered.close()
