@@ -264,3 +264,14 @@ def test_fuzz_header_descriptor_and_tables(edits: list[tuple[int, bytes]], where
 def test_fuzz_header_descriptor_and_tables_soak(edits: list[tuple[int, bytes]],
                                                 where: int) -> None:
     fuzz_one(real_image(), edits, where)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.bin", "sub/../../x"])
+def test_extent_outside_descriptor_directory(tmp_path: Path, name: str) -> None:
+    d = tmp_path / "img"
+    d.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"secret" * 100)
+    p = d / "evil.vmdk"
+    p.write_text(f'version=1\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n'
+                 f'RW 1 FLAT "{name}" 0\n')
+    assert_refused(p, "lies outside the descriptor's directory")

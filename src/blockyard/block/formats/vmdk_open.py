@@ -7,7 +7,8 @@ Two entry shapes (image-formats.md §2.1, §2.2):
   offset; the extent is the file itself (like qemu, the embedded extent
   line's file name is not followed, so a renamed image still opens);
 * otherwise the file is a text descriptor naming extent files relative to
-  its own directory.
+  its own directory.  Absolute names and ``..`` are refused: an image served
+  to clients must not pull other host files in through its descriptor.
 
 Everything is validated before the image is returned; on any problem every
 file opened so far is closed and a MediaError names the file at fault.
@@ -78,6 +79,11 @@ def _open_extent(line: vd.ExtentLine, base_dir: str, read_only: bool, where: str
     if line.kind == "ZERO":
         return ZeroExtent(line.sectors * SECTOR, line.access)
     assert line.filename is not None
+    parts = line.filename.replace("\\", "/").split("/")
+    if os.path.isabs(line.filename) or ".." in parts:
+        # a served image must not reach other host files through its descriptor
+        raise MediaError(f"{where}: extent file {line.filename!r} lies outside the "
+                         "descriptor's directory")
     path = os.path.join(base_dir, line.filename)
     if not os.path.exists(path):
         raise MediaError(f"{where}: extent file {path} is missing")
