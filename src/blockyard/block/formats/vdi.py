@@ -337,7 +337,12 @@ class VdiImage(MappedImage):
 
     # ---- maintenance: vdi_maint.py -----------------------------------------------------
     def info(self) -> ImageInfo:
-        return vdi_maint.info(self)
+        info = vdi_maint.info(self)
+        if self.is_diff:  # §1.4: a VDI names no parent file; blockyard's comment hint does
+            from blockyard.block.formats.vdi_diff import hint_of
+
+            info.parent_hint = hint_of(self.h.comment)
+        return info
 
     def check(self, repair: bool = False) -> CheckReport:
         return vdi_maint.check(self, repair)

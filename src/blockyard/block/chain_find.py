@@ -1,0 +1,173 @@
+"""Opening a child with its whole chain from files alone (quick mode, file commands).
+
+Where the parent of each differencing image is looked for, in order:
+
+1. the paths the child records, relative to the child's directory or
+   absolute: VMDK ``parentFileNameHint`` (§2.5), VHD ``W2ru`` / ``W2ku``
+   locators and the parent's unicode name (§3.5), the VDI comment hint
+   blockyard writes (``vdi_diff``);
+2. for a child that names its parent by UUID (VDI link UUID, VHD parent
+   unique ID, VirtualBox's ``ddb.uuid.parent``): every image in the child's
+   directory and the directory above (VirtualBox keeps snapshot children in
+   ``Snapshots/`` below the base), matched by image UUID (§1.4: a VDI has
+   no parent file name at all).
+
+A candidate found by path must also carry the UUID the child names, when
+both have one; then ``chain_facts.check_link`` decides whether the parent
+is still the one the child was made on.  Parents are opened read-only.  A
+path seen twice is a cycle.  Every failure closes what was opened and is
+one ``MediaError`` naming the child and saying what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from blockyard.block.chain import ChainLayer
+from blockyard.block.chain_facts import LinkFacts, check_link, facts_of
+from blockyard.block.chain_link import is_child, link_of
+from blockyard.block.formats import open_image, probe
+from blockyard.block.formats.base import ImageLayer
+from blockyard.block.layer import Layer
+from blockyard.block.raw import RawFile
+from blockyard.errors import BlockyardError, MediaError
+
+MAX_DEPTH = 256
+SCAN_LIMIT = 4096  # files looked at per directory
+UUID_FORMATS = ("vdi", "vhd", "vmdk")
+
+
+def hint_paths(child: str, hints: list[str]) -> list[str]:
+    """Candidate parent paths for the hints, most trusted first, existing ones only."""
+    base = os.path.dirname(os.path.abspath(child))
+    out: list[str] = []
+    for hint in hints:
+        forms = [hint]
+        if "\\" in hint:  # a Windows-style locator: .\base.vhd, ..\x\base.vhd
+            forms.append(hint.replace("\\", "/").removeprefix("./"))
+        for form in forms:
+            path = form if os.path.isabs(form) else os.path.join(base, form)
+            path = os.path.normpath(path)
+            if os.path.isfile(path) and path not in out:
+                out.append(path)
+    return out
+
+
+def image_uuid(path: str) -> str | None:
+    """The image UUID a VDI, VHD or VMDK file carries (None for others or on error)."""
+    try:
+        fmt = probe(path)
+        if fmt not in UUID_FORMATS:
+            return None
+        img = open_image(path, read_only=True, fmt=fmt)
+    except (BlockyardError, OSError):
+        return None
+    try:
+        return img.info().uuid
+    finally:
+        close_now(img)
+
+
+def close_now(layer: Layer) -> None:
+    """Close an image's files without an event loop.
+
+    For images opened read-only, or read-write but not yet written (a chain
+    that failed to open): nothing is held in memory that must be written back.
+    """
+    files: list[RawFile] = []
+    if isinstance(layer, RawFile):
+        files.append(layer)
+    for attr in ("file", "raw"):
+        f = getattr(layer, attr, None)
+        if isinstance(f, RawFile):
+            files.append(f)
+    for e in getattr(layer, "extents_", None) or []:
+        raw = getattr(e, "raw", None)
+        if isinstance(raw, RawFile):
+            files.append(raw)
+    for f in files:
+        if f.fd >= 0:
+            fd, f.fd = f.fd, -1
+            f.sendfile_fd = None
+            f.sync_pread = None
+            os.close(fd)
+
+
+def scan_for_uuid(child: str, wanted: str) -> str | None:
+    """An image with UUID ``wanted`` beside the child or one directory up."""
+    here = os.path.dirname(os.path.abspath(child))
+    for directory in (here, os.path.dirname(here)):
+        try:
+            names = sorted(os.listdir(directory))[:SCAN_LIMIT]
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            if path == os.path.abspath(child) or not os.path.isfile(path):
+                continue
+            found = image_uuid(path)
+            if found is not None and found.lower() == wanted.lower():
+                return path
+    return None
+
+
+def find_parent(child: str, link: LinkFacts) -> str:
+    """The parent file of ``child`` (see the module docstring), or a MediaError.
+
+    A file at a recorded path that carries another UUID is returned only when
+    no image with the right UUID is found: ``check_link`` then says so.
+    """
+    other: str | None = None
+    for path in hint_paths(child, link.hints):
+        if link.parent_uuid is None:
+            return path
+        found = image_uuid(path)
+        if found is None or found.lower() == link.parent_uuid.lower():
+            return path  # a parent without a UUID of its own (raw) cannot disagree
+        other = other or path
+    if link.parent_uuid:
+        scanned = scan_for_uuid(child, link.parent_uuid)
+        if scanned is not None:
+            return scanned
+    if other is not None:
+        return other
+    named = " or ".join([*(repr(h) for h in link.hints),
+                         *([f"UUID {link.parent_uuid}"] if link.parent_uuid else [])])
+    raise MediaError(f"{child}: its parent ({named or 'unnamed'}) is missing or was moved; "
+                     "put it back beside the child, or register both with "
+                     "'blockyard medium add'")
+
+
+Opener = Callable[[str, bool], ImageLayer]
+
+
+def _open(path: str, read_only: bool) -> ImageLayer:
+    return open_image(path, read_only=read_only)
+
+
+def open_chain_file(path: str, *, read_only: bool = False, opener: Opener = _open) -> Layer:
+    """``path`` opened with every parent below it; a plain image when it has none."""
+    top = opener(path, read_only)
+    images = [top]
+    seen = {os.path.realpath(path)}
+    try:
+        cur = top
+        while is_child(cur):
+            if len(images) > MAX_DEPTH:
+                raise MediaError(f"{path}: chain deeper than {MAX_DEPTH} images")
+            link = link_of(cur)
+            ppath = find_parent(cur.path, link)
+            if os.path.realpath(ppath) in seen:
+                raise MediaError(f"{cur.path}: its parent {ppath} is already in the chain "
+                                 "(a cycle); relink or discard the child")
+            seen.add(os.path.realpath(ppath))
+            parent = opener(ppath, True)
+            images.append(parent)
+            check_link(cur.path, link, facts_of(parent))
+            cur = parent
+    except BaseException:
+        for img in images:
+            close_now(img)
+        raise
+    return top if len(images) == 1 else ChainLayer(images)
