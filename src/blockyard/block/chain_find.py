@@ -70,11 +70,18 @@ def image_uuid(path: str) -> str | None:
 
 
 def close_now(layer: Layer) -> None:
-    """Close an image's files without an event loop.
+    """Close an image's (or a chain's) files without an event loop.
 
     For images opened read-only, or read-write but not yet written (a chain
     that failed to open): nothing is held in memory that must be written back.
     """
+    if isinstance(layer, ChainLayer):
+        for img in layer.images:
+            close_now(img)
+        return
+    if not isinstance(layer, ImageLayer) and layer.inner is not None:
+        close_now(layer.inner)  # a filter over the image(s)
+        return
     files: list[RawFile] = []
     if isinstance(layer, RawFile):
         files.append(layer)

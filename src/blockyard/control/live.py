@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blockyard.block.layer import Layer
+from blockyard.block.writemode import MediumHub
 from blockyard.errors import BlockError, ConflictError
 from blockyard.media import builder
 from blockyard.media.model import Attachment, Medium
@@ -43,6 +44,7 @@ Observer = Callable[[Attachment, Layer], Any]
 @dataclass
 class OpenMedium:
     layer: Layer
+    hub: MediumHub | None = None  # write-mode policy shared by every session
     exports: set[str] = field(default_factory=set)
 
 
@@ -72,13 +74,13 @@ class LiveServer:
             raise ConflictError(f"the server already has an export named {att.export_name!r}")
         om = self.open.get(medium.uuid)
         if om is None:
-            layer = builder.build(medium, self._lookup)
-            if self.read_only and not layer.read_only:
-                layer = builder.ReadOnly(layer)
-            om = self.open[medium.uuid] = OpenMedium(layer)
+            served = builder.serve(medium, self._lookup, state_dir=self.registry.state_dir,
+                                   children=self.registry.children, read_only=self.read_only)
+            om = self.open[medium.uuid] = OpenMedium(served.layer, served.hub)
         om.exports.add(att.export_name)
+        read_only = om.hub.mode == "readonly" if om.hub else om.layer.read_only
         self.nbd.exports.add(Export(att.export_name, om.layer, medium.description,
-                                    om.layer.read_only))
+                                    read_only, hub=om.hub))
         log.info("attached %s at %s as export %s", medium.location, att.slot, att.export_name)
         await _notify(self.on_attach, att, om.layer)
 
@@ -97,6 +99,13 @@ class LiveServer:
         log.info("detached %s (export %s, %d sessions ended)", att.slot, att.export_name,
                  len(users))
         return len(users)
+
+    def rekey(self, old_uuid: str, new_uuid: str) -> None:
+        """The open medium ``old_uuid`` now serves medium ``new_uuid`` (a snapshot
+        moved the writable top of its chain); its layer and sessions stay."""
+        om = self.open.pop(old_uuid, None)
+        if om is not None:
+            self.open[new_uuid] = om
 
     async def close_all(self) -> None:
         for uuid in list(self.open):

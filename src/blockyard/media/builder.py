@@ -5,30 +5,44 @@ The stack, client side first (architecture §3)::
     bandwidth group -> cache policy -> write mode -> differencing chain
         -> format driver -> file
 
-This module builds the part below the bandwidth group.  Today that is the
-format driver (``open_image`` with the registered format) and a write-mode
-layer chosen from ``WRITE_MODE_LAYERS`` by the medium's write mode.  Other
-capabilities plug in here, not elsewhere:
+This module builds the part below the bandwidth group:
 
-* write modes: replace an entry of ``WRITE_MODE_LAYERS`` (a function
-  ``(layer, medium) -> layer``).  Until then immutable and multiattach media
-  are served *read-only* -- never writable, because writing to the base of
-  an immutable medium would break its promise;
-* differencing chains: set ``CHAIN_OPENER`` (``(medium, lookup) -> layer``).
-  Until then a medium with a parent is refused with a clear error: serving
-  a child alone would show zeroes where its parent has data;
-* host cache and bandwidth groups wrap the result in the daemon.
+* ``open_visible``: the disk as a client sees it -- the medium's file, or,
+  when the registry gives it a parent, the whole chain
+  (``media.chain_open.open_chain``, the ``CHAIN_OPENER``);
+* ``build``: that disk opened the way its write mode needs the *shared*
+  stack: read-only for readonly, immutable and multiattach media (their
+  base is never written: ``WRITE_MODE_LAYERS``), read-write otherwise.  A
+  medium with children is served read-only whatever its mode (a parent is
+  never written again: its children's data depend on every byte);
+* ``serve``: ``build`` plus a ``MediumHub`` (block/writemode.py) that
+  decides per client what each session gets: the shared stack (normal,
+  writethrough, shareable), a read-only view, or a differencing image of
+  its own under ``STATE/diffs`` (immutable, multiattach: ``ClientDiffs``).
+  A normal medium's stack sits in a ``SwapLayer`` so a snapshot can replace
+  its chain under connected sessions (media/snapshots.py).
+
+Host cache and bandwidth groups wrap the result in the daemon.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
+from blockyard.block.chain_find import close_now
+from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.writemode import MediumHub
 from blockyard.errors import MediaError
+from blockyard.media.chain_open import ClientDiffs, open_chain, top_image
 from blockyard.media.model import Medium
+
+log = logging.getLogger("blockyard.media")
 
 
 class ReadOnly(Layer):
@@ -56,12 +70,15 @@ WRITE_MODE_LAYERS: dict[str, WriteModeLayer] = {
     "writethrough": _as_is,
     "shareable": _as_is,
     "readonly": _read_only,
-    "immutable": _read_only,  # until the write-mode capability adds per-session diffs
-    "multiattach": _read_only,  # idem
+    "immutable": _read_only,  # the shared base; sessions write per-client diffs (serve)
+    "multiattach": _read_only,  # idem, kept across sessions
 }
-# Opens a differencing child with its chain; ``lookup`` maps a UUID to its Medium.
-ChainOpener = Callable[[Medium, Callable[[str], Medium]], Layer]
-CHAIN_OPENER: ChainOpener | None = None
+WRITABLE_MODES = ("normal", "writethrough", "shareable")
+Lookup = Callable[[str], Medium]
+Children = Callable[[str], list[Medium]]
+# Opens a differencing child with its chain (``lookup`` maps a UUID to its Medium).
+ChainOpener = Callable[..., Layer]
+CHAIN_OPENER: ChainOpener = open_chain
 
 
 def opens_read_only(medium: Medium) -> bool:
@@ -74,24 +91,65 @@ def open_file(medium: Medium, *, read_only: bool) -> ImageLayer:
     return open_image(medium.location, read_only=read_only, fmt=medium.format)
 
 
-def open_visible(medium: Medium, lookup: Callable[[str], Medium], *,
-                 read_only: bool) -> Layer:
+def open_visible(medium: Medium, lookup: Lookup, *, read_only: bool) -> Layer:
     """The disk as a client sees it: the chain when there is a parent, else the file."""
-    if medium.parent_uuid:
-        if CHAIN_OPENER is None:
-            raise MediaError(f"{medium.location}: is a differencing image (parent "
-                             f"{medium.parent_uuid}); serving chains is not built yet")
-        layer = CHAIN_OPENER(medium, lookup)
-        return ReadOnly(layer) if read_only and not layer.read_only else layer
-    return open_file(medium, read_only=read_only)
+    return CHAIN_OPENER(medium, lookup, read_only=read_only)
 
 
-def build(medium: Medium, lookup: Callable[[str], Medium]) -> Layer:
-    """The layer stack that serves ``medium`` to clients."""
+def has_children(medium: Medium, children: Children | None) -> bool:
+    """A parent is never written again: its children's data depend on every byte."""
+    if children is None or medium.write_mode not in WRITABLE_MODES or medium.kind == "dvd":
+        return False
+    kids = children(medium.uuid)
+    if kids:
+        log.warning("%s has differencing children (%s): serving it read-only", medium.name,
+                    ", ".join(k.name for k in kids[:3]) + (" ..." if len(kids) > 3 else ""))
+    return bool(kids)
+
+
+def build(medium: Medium, lookup: Lookup, *, children: Children | None = None,
+          read_only: bool = False) -> Layer:
+    """The shared stack that serves ``medium`` (see the module docstring)."""
     if not medium.accessible:
         raise MediaError(f"{medium.location}: medium is inaccessible: {medium.last_error}")
     wrap = WRITE_MODE_LAYERS.get(medium.write_mode)
     if wrap is None:
         raise MediaError(f"{medium.location}: unknown write mode {medium.write_mode!r}")
-    base = open_visible(medium, lookup, read_only=opens_read_only(medium))
-    return wrap(base, medium)
+    read_only = read_only or has_children(medium, children)
+    base = open_visible(medium, lookup, read_only=read_only or opens_read_only(medium))
+    layer = wrap(base, medium)
+    return ReadOnly(layer) if read_only and not layer.read_only else layer
+
+
+@dataclass
+class Served:
+    """What the daemon publishes for one open medium."""
+
+    layer: Layer  # the shared stack (a SwapLayer for normal media)
+    hub: MediumHub
+
+
+def _fixed_size(layer: Layer) -> bool:
+    try:
+        return top_image(layer).info().variant in ("fixed", "flat")
+    except MediaError:
+        return False
+
+
+def serve(medium: Medium, lookup: Lookup, *, state_dir: Path,
+          children: Children | None = None, read_only: bool = False) -> Served:
+    """``build`` plus the write-mode hub every session of the medium goes through."""
+    read_only = read_only or medium.kind == "dvd" or has_children(medium, children)
+    mode = "readonly" if read_only else medium.write_mode
+    layer = build(medium, lookup, read_only=read_only)
+    try:
+        if mode == "normal":
+            layer = SwapLayer(layer)
+        factory = ClientDiffs(medium, layer, state_dir) if mode in (
+            "immutable", "multiattach") else None
+        hub = MediumHub(medium.name, layer, mode=mode, autoreset=medium.autoreset,
+                        fixed_size=_fixed_size(layer), diff_factory=factory)
+    except BaseException:
+        close_now(layer)
+        raise
+    return Served(layer, hub)

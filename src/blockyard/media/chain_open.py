@@ -1,0 +1,142 @@
+"""Registered media as differencing chains, and per-client differencing images.
+
+``open_chain(medium, lookup)`` is the builder's chain opener: it follows the
+registry's parent links (``Medium.parent_uuid``) from ``medium`` up to a
+base, opens every file -- the top read-write unless told otherwise, every
+parent read-only -- and checks each link against the files
+(``chain_facts.check_link``: the parent's UUID, its modification UUID or
+CID, image-formats.md §1.4, §2.5, §3.5).  The registry is trusted for *which*
+file is the parent (VirtualBox finds VDI parents the same way); the files
+decide whether that parent is still the one the child was made on.
+
+``ClientDiffs`` makes the ``diff_factory`` a ``MediumHub`` needs for the
+immutable and multiattach write modes (VirtualBox user manual §5.4): one
+differencing VDI per client under ``STATE/diffs/``, named so an operator
+sees medium and client (``disk.vdi-1a2b3c4d--127.0.0.2.vdi``), over the
+medium's shared read-only stack.  ``reset`` (immutable with autoreset)
+throws the old one away first; a multiattach client's image persists, and
+is refused -- not silently discarded -- when the base changed under it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from blockyard.block.chain import ChainLayer
+from blockyard.block.chain_facts import ParentFacts, check_link, facts_of, link_problem
+from blockyard.block.chain_find import close_now
+from blockyard.block.chain_link import create_child, is_child, link_of
+from blockyard.block.formats import open_image
+from blockyard.block.formats.base import ImageLayer
+from blockyard.block.layer import Layer
+from blockyard.errors import MediaError
+from blockyard.media.model import Medium
+
+MAX_DEPTH = 256
+Lookup = Callable[[str], Medium]
+
+
+def lineage(medium: Medium, lookup: Lookup) -> list[Medium]:
+    """``medium`` and its registered ancestors, child first; a cycle is an error."""
+    rows = [medium]
+    seen = {medium.uuid}
+    while rows[-1].parent_uuid:
+        parent = lookup(rows[-1].parent_uuid)
+        if parent.uuid in seen or len(rows) > MAX_DEPTH:
+            raise MediaError(f"{medium.location}: its parent links form a cycle through "
+                             f"{parent.location}; fix the registry with 'blockyard medium "
+                             "remove' and add the images again")
+        seen.add(parent.uuid)
+        rows.append(parent)
+    return rows
+
+
+def _open_row(m: Medium, read_only: bool) -> ImageLayer:
+    if not os.path.exists(m.location):
+        raise MediaError(f"{m.location}: no such file (a medium of this chain is missing); "
+                         "put it back or remove the media that depend on it")
+    return open_image(m.location, read_only=read_only, fmt=m.format)
+
+
+def parent_facts(image: ImageLayer, m: Medium) -> ParentFacts:
+    """What a child of ``m`` records; the registry's UUID names a raw parent."""
+    return facts_of(image, uuid=m.uuid)
+
+
+def open_chain(medium: Medium, lookup: Lookup, *, read_only: bool = False,
+               writable: frozenset[str] = frozenset()) -> Layer:
+    """The registered chain of ``medium``; ``writable`` names parents to open read-write
+    (a snapshot merge target).  A medium without parents is opened alone."""
+    rows = lineage(medium, lookup)
+    images: list[ImageLayer] = []
+    try:
+        for i, m in enumerate(rows):
+            images.append(_open_row(m, (read_only or i > 0) and m.uuid not in writable))
+        _check_links(rows, images)
+        if is_child(images[-1]):
+            raise MediaError(f"{rows[-1].location}: a differencing image registered without "
+                             "its parent; remove it and add it again with --parent")
+    except BaseException:
+        for img in images:
+            close_now(img)
+        raise
+    return images[0] if len(images) == 1 else ChainLayer(images)
+
+
+def _check_links(rows: list[Medium], images: list[ImageLayer]) -> None:
+    for i in range(1, len(rows)):
+        child_m, child, parent_m = rows[i - 1], images[i - 1], rows[i]
+        if not is_child(child):
+            raise MediaError(f"{child_m.location}: a {child.format_name} image cannot be "
+                             f"a differencing image, but the registry makes it a child of "
+                             f"{parent_m.location}; remove it and add it without --parent")
+        check_link(child_m.location, link_of(child), parent_facts(images[i], parent_m))
+
+
+def top_image(layer: Layer) -> ImageLayer:
+    """The image clients write to at the top of an opened stack."""
+    cur: Layer | None = layer
+    while cur is not None:
+        if isinstance(cur, ImageLayer):
+            return cur
+        cur = cur.inner
+    raise MediaError(f"{layer.describe()}: no image at the top of the stack")
+
+
+# ---- per-client differencing images (immutable, multiattach) ---------------------------
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def diff_path(state_dir: Path, medium: Medium, client: str) -> Path:
+    """``STATE/diffs/<medium name>-<uuid prefix>--<client>.vdi``."""
+    who = _UNSAFE.sub("_", client) or "client"
+    return state_dir / "diffs" / f"{medium.name}-{medium.uuid[:8]}--{who}.vdi"
+
+
+class ClientDiffs:
+    """The ``diff_factory`` of a ``MediumHub``: ``await diffs(client, reset)``."""
+
+    def __init__(self, medium: Medium, base: Layer, state_dir: Path) -> None:
+        self.medium = medium
+        self.base = base
+        self.state_dir = state_dir
+        self.parent = parent_facts(top_image(base), medium)
+
+    async def __call__(self, client: str, reset: bool) -> Layer:
+        path = diff_path(self.state_dir, self.medium, client)
+        if reset and path.exists():
+            path.unlink()
+        if path.exists():
+            img = open_image(path, fmt="vdi")
+            problem = link_problem(link_of(img), self.parent) if is_child(img) else \
+                "it is not a differencing image"
+            if problem:
+                await img.close()
+                raise MediaError(f"{path}: {problem}; delete it to start this client afresh")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = create_child(str(path), self.parent, "vdi")
+        return ChainLayer([img], below=self.base)
