@@ -56,7 +56,7 @@ async def main(path, seed, delay):
             off = (6 << 20) + rng.randrange(0, (2 << 20) - 70000)
             await layer.pwrite(off, rng.randbytes(rng.choice([300, 4096, 70000])))
         i += 1
-        if i == 3000:
+        if i == 1600:
             print("BUSY", flush=True)
         await asyncio.sleep(0)
 

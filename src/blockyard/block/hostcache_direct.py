@@ -9,18 +9,19 @@ no read cache.  Every data I/O runs on the I/O thread pool, so requests
 overlap.  A second, ordinary descriptor serves metadata calls (fallocate,
 SEEK_DATA) and the partial last block of a file whose size is not aligned.
 
-Writes go to a small write-back cache of our own, a ``DirtyMap`` of at most
-``cache_limit`` bytes, and are acknowledged once copied there.  Dirty data
-moves to disk in a *write-out*: the dirty map is swapped for an empty one
-(it becomes the *flushing* map), planned into disjoint aligned jobs
-(``hostcache_io.plan_jobs``) and written by several threads at once.  A
+Writes go to a small write-back cache of our own and are acknowledged once
+copied there.  Dirty data moves to disk in a *write-out*: the dirty map
+(``DirtyMap``) is swapped for an empty one (it becomes the *flushing* map),
+planned into disjoint aligned jobs (``hostcache_io.plan_jobs``) and written by
+several threads at once, while new writes fill the new dirty map.  The two
+maps together never hold more than ``cache_limit`` bytes (16 MiB): a write
+that would pass it waits until a write-out finishes (back-pressure).  A
 write-out happens
 
 * on FLUSH (then ``fdatasync``), and on close;
-* in the background as soon as the cache is half full, and when a write
-  would push it over ``cache_limit`` (then the writer waits: back-pressure);
+* in the background from a quarter full, repeated while writers wait;
 * at the latest ``writeout_delay`` seconds (default 1 s) after the cache
-  became dirty, from a timer task;
+  became dirty, from a timer;
 * before EXTENTS over a dirty range (so holes are reported truthfully).
 
 FUA writes, writes of at least ``cache_limit / 4`` bytes and all writes while
@@ -66,7 +67,7 @@ log = logging.getLogger("blockyard.hostcache")
 ALIGN = 4096
 CACHE_LIMIT = 16 << 20
 WRITEOUT_DELAY = 1.0
-MAX_JOB = 4 << 20
+MAX_JOB = 1 << 20  # write-outs run as jobs of up to 1 MiB, several at a time
 _POOL = BufferPool()
 
 
@@ -94,6 +95,7 @@ class DirectFile(RawFile):
         self._io_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._background: asyncio.Task[None] | None = None
+        self._room_queue: list[list[asyncio.Future[None]]] = []  # writers waiting, in order
 
     def _open_direct(self) -> int:
         flags = (os.O_RDONLY if self.read_only else os.O_RDWR) | os.O_CLOEXEC | os.O_DIRECT
@@ -125,8 +127,7 @@ class DirectFile(RawFile):
         """Turn our write cache on or off (SCSI WCE); turning it off writes it out."""
         self._cache_on = enabled and self.cache_limit > 0
         if not self._cache_on and self._dirty:
-            self._cancel_timer()
-            self._start_background_writeout()
+            self._kick_writeout()
 
     @property
     def limits(self) -> Limits:
@@ -172,14 +173,37 @@ class DirectFile(RawFile):
         if fua or not self._cache_on or n >= self.cache_limit // 4:
             await self._write_through(offset, data, dsync=fua or not self._cache_on)
             return
-        while self._dirty and self._dirty.nbytes + n > self.cache_limit:
-            await self._writeout()  # back-pressure: wait for the cache to drain
+        if self._room_queue or self._held() + n > self.cache_limit:
+            await self._make_room(n)  # back-pressure, first come first served
         self._dirty.insert(offset, data)
-        if self._dirty.nbytes >= self.cache_limit // 2:  # start early: writers rarely wait
-            self._cancel_timer()
-            self._start_background_writeout()
+        if self._dirty.nbytes >= self.cache_limit // 4:  # start early: writers rarely wait
+            self._kick_writeout()
         else:
             self._arm_timer()
+
+    def _held(self) -> int:
+        """Bytes the cache holds: the dirty map and the one being written out."""
+        return self._dirty.nbytes + (self._flushing.nbytes if self._flushing else 0)
+
+    async def _make_room(self, n: int) -> None:
+        """Wait until this writer is first in line and ``n`` more bytes fit."""
+        loop = asyncio.get_running_loop()
+        me: list[asyncio.Future[None]] = [loop.create_future()]
+        self._room_queue.append(me)
+        try:
+            while self._room_queue[0] is not me or (
+                    self._held() and self._held() + n > self.cache_limit):
+                self._kick_writeout()
+                me[0] = loop.create_future()
+                await me[0]
+        finally:
+            self._room_queue.remove(me)
+            self._wake_writers(None)  # the next in line checks again
+
+    def _wake_writers(self, error: BaseException | None) -> None:
+        for (waiter,) in self._room_queue:
+            if not waiter.done():
+                waiter.set_result(None) if error is None else waiter.set_exception(error)
 
     async def _write_through(self, offset: int, data: Buffer, dsync: bool) -> None:
         async with self._io_lock:
@@ -227,25 +251,37 @@ class DirectFile(RawFile):
     def _arm_timer(self) -> None:
         if self._timer is None and self._background is None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.writeout_delay, self._start_background_writeout)
+            self._timer = loop.call_later(self.writeout_delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick_writeout()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _start_background_writeout(self) -> None:
-        self._timer = None
+    def _kick_writeout(self) -> None:
+        self._cancel_timer()
         if self._background is None:
             self._background = asyncio.get_running_loop().create_task(self._background_run())
 
     async def _background_run(self) -> None:
+        """Write out until the cache is below a quarter full and no writer waits."""
+        error: BlockError | None = None
         try:
-            await self._writeout()
+            while self._dirty:
+                await self._writeout()
+                self._wake_writers(None)
+                if self._dirty.nbytes < self.cache_limit // 4 and not self._room_queue:
+                    break
         except BlockError as exc:
+            error = exc
             log.error("%s: background write-out failed (will retry): %s", self.path, exc)
         finally:
             self._background = None
+            self._wake_writers(error)
         if self._dirty:
             self._arm_timer()
 

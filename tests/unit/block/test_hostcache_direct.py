@@ -213,6 +213,30 @@ async def test_writes_are_cached_coalesced_and_bounded(disk_dir: Path) -> None:
         await layer.close()
 
 
+async def test_many_writers_share_a_small_cache_in_order(disk_dir: Path) -> None:
+    model = make_image(disk_dir / "d", 4 * MiB)
+    layer = DirectFile(disk_dir / "d", cache_limit=64 * KiB, writeout_delay=3600)
+    peak = 0
+
+    async def writer(w: int) -> None:
+        nonlocal peak
+        for k in range(40):
+            off = (w * 40 + k) * 6000  # unaligned, never overlapping another writer
+            data = bytes([w + 1]) * 6000
+            await layer.pwrite(off, data)
+            model[off:off + 6000] = data
+            peak = max(peak, layer._held())
+
+    try:
+        await asyncio.gather(*(writer(w) for w in range(16)))
+        assert peak <= 64 * KiB and not layer._room_queue
+        assert await layer.pread(0, 4 * MiB) == model
+        await layer.flush()
+        assert on_disk(disk_dir / "d") == model
+    finally:
+        await layer.close()
+
+
 async def test_fua_and_large_writes_go_straight_to_disk(disk_dir: Path) -> None:
     make_image(disk_dir / "d", 32 * MiB)
     layer = DirectFile(disk_dir / "d", writeout_delay=3600)
