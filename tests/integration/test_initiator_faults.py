@@ -165,16 +165,16 @@ async def test_silent_peer_found_dead_by_nop(server: IscsiTargetServer, proxy: P
 async def test_slow_target_times_out_with_abort_task(server: IscsiTargetServer,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=LOG)
-    url = f"iscsi://127.0.0.1:{server.port}/{SLOW}/0?timeout=0.3"
+    url = f"iscsi://127.0.0.1:{server.port}/{SLOW}/0?timeout=1"
     lun = await open_remote(url)
     try:
         assert len(bytes(await lun.pread(0, 4096))) == 4096  # the fast part answers
         loop = asyncio.get_running_loop()
-        loop.call_later(0.8, server.slow.release.set)  # type: ignore[attr-defined]
+        loop.call_later(2.0, server.slow.release.set)  # type: ignore[attr-defined]
         with pytest.raises(BlockError) as info:
             await lun.pread(2 * MiB, 4096)
         assert info.value.errno == errno.ETIMEDOUT
-        assert str(info.value) == (f"{url}: opcode 88h: no answer within 0.3 s; aborted "
+        assert str(info.value) == (f"{url}: opcode 88h: no answer within 1 s; aborted "
                                    "(ABORT TASK response 0)")
         assert len(bytes(await lun.pread(2 * MiB, 4096))) == 4096  # the session lives on
     finally:
