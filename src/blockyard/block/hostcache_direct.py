@@ -15,8 +15,8 @@ copied there.  Dirty data moves to disk in a *write-out*: the dirty map
 planned into disjoint aligned jobs (``hostcache_io.plan_jobs``) and written by
 several threads at once, while new writes fill the new dirty map.  The two
 maps together never hold more than ``cache_limit`` bytes (16 MiB): a write
-that would pass it waits until a write-out finishes (back-pressure).  A
-write-out happens
+that would pass it waits until a write-out finishes (back-pressure; waiting
+writers go first come, first served).  A write-out happens
 
 * on FLUSH (then ``fdatasync``), and on close;
 * in the background from a quarter full, repeated while writers wait;
@@ -40,7 +40,8 @@ map; the dirty map).  So a read never returns data older than a write
 acknowledged before the read was issued.
 
 A failed write-out puts its data back under the newer dirty data and fails
-the FLUSH with the errno; the timer retries later.  A process crash loses
+the FLUSH (or the writes waiting for room) with the errno; the timer retries
+later.  A process crash loses
 what the cache held (at most ``cache_limit`` bytes and about a second of
 writes): exactly what the protocols allow for writes that were never flushed.
 """
