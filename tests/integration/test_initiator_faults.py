@@ -233,5 +233,12 @@ async def test_io_error_only_after_reconnect_bound(server: IscsiTargetServer,
         assert "session lost" in str(info.value) and "reconnecting failed for 0.5 s" in str(
             info.value)
         assert asyncio.get_running_loop().time() - started < 5
+        revived = Proxy(server.port)
+        revived.server = await asyncio.start_server(revived._link, "127.0.0.1", proxy.port,
+                                                    reuse_address=True)
+        try:  # the target is reachable again: the next request reconnects and succeeds
+            assert len(bytes(await lun.pread(0, 4096))) == 4096
+        finally:
+            await revived.stop()
     finally:
         await lun.close()

@@ -19,13 +19,16 @@ The policy is a table of states::
     LOGIN     connection_ended / refused   DOWN, or FAILED past the bound / on a final error
     UP        connection_ended()           DOWN (retry at once or after Time2Wait)
     DOWN      connect()                    LOGIN
+    FAILED    revive() (a new request)     DOWN: another round of retries
     any       close()                      CLOSED
 
 Retries: the first comes after the Time2Wait the target negotiated or
 announced (§13.15, §11.9.1: the old session must be gone before the new
 one acts on the same blocks), then 0.25 s, 0.5 s, 1 s ... at most 5 s
 apart, for at most ``reconnect_for`` seconds after the drop; then every
-pending command fails with the last cause.  A login refused for good
+pending command fails with the last cause.  The next request after that
+starts another such round (the target may be back), so a medium recovers
+without being reopened.  A login refused for good
 (status class 2: wrong CHAP secret, no such target, not authorized) fails at
 once: retrying would not change the answer.
 """
@@ -126,6 +129,14 @@ class InitiatorSession:
             self.state = SessionState.FAILED
             return None
         return self.connection_ended(now, f"login failed: {error}")
+
+    def revive(self, now: float) -> bool:
+        """A new request after the session FAILED: start another bounded reconnect round."""
+        if self.state is not SessionState.FAILED:
+            return False
+        self.state = SessionState.DOWN
+        self.down_since, self.failures = now, 0
+        return True
 
     # ---- commands ----------------------------------------------------------------------
     def submit(self, cmd: Command, now: float) -> None:

@@ -182,6 +182,10 @@ class IscsiSession:
         cmd = Command(cdb, lun, data_out, read_len, into, timeout)
         fut: asyncio.Future[Command] = self.loop.create_future()
         cmd.token = fut
+        if self.core.revive(self.loop.time()):
+            log.warning("iscsi: %s: new request after the session was lost; reconnecting",
+                        self.display)
+            self._reconnect = self.loop.create_task(self._reconnect_loop(self.loop.time()))
         self.core.submit(cmd, self.loop.time())
         if cmd.done:  # the session has failed or is closed
             raise _block_error(self.display, cmd)

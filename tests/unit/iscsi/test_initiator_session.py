@@ -81,6 +81,10 @@ def test_give_up_fails_every_pending_command() -> None:
     late = Command(read10(0, 1), read_len=BLOCK)
     session.submit(late, 1.0)
     assert late.done and late.error == "target gone"
+    assert session.revive(2.0) and session.state is SessionState.DOWN
+    again = Command(read10(0, 1), read_len=BLOCK)
+    session.submit(again, 2.0)
+    assert not again.done and session.pending == {again.seq: again}
 
 
 def test_final_login_errors_are_not_retried() -> None:
