@@ -53,14 +53,16 @@ def hint_of(comment: bytes) -> str | None:
     return text[len(HINT_PREFIX):].decode("utf-8", "replace") or None
 
 
-def create_child(path: str, parent: ParentFacts, *,
-                 block_size: int = L.DEFAULT_BLOCK_SIZE) -> VdiImage:
+def create_child(path: str, parent: ParentFacts, *, block_size: int = L.DEFAULT_BLOCK_SIZE,
+                 image_uuid: str | None = None) -> VdiImage:
     """A new differencing VDI over ``parent``, opened read-write (§1.4)."""
     size = -(-parent.size // 512) * 512
     if -(-size // block_size) > L.MAX_BLOCKS:
         raise MediaError(f"{path}: cannot make a VDI child of {size} bytes")
     h = L.new_header(size, block_size, False)
     h.image_type = L.TYPE_DIFF
+    if image_uuid:
+        h.uuid_image = uuid.UUID(image_uuid)
     h.uuid_link = _uuid_or_null(parent.uuid)  # §1.4: the parent's image UUID
     h.uuid_parent_modification = _uuid_or_null(parent.modification)
     h.comment = comment_for(path, parent)

@@ -74,13 +74,15 @@ def _fill_parent(dyn: V.DynHeader, child: str, parent: ParentFacts, first: int,
     return writes
 
 
-def create_child(path: str, parent: ParentFacts, *,
-                 block_size: int = V.DEFAULT_BLOCK_SIZE) -> VhdImage:
+def create_child(path: str, parent: ParentFacts, *, block_size: int = V.DEFAULT_BLOCK_SIZE,
+                 image_uuid: str | None = None) -> VhdImage:
     """A new differencing VHD over ``parent``, opened read-write (§3.5)."""
     size = -(-parent.size // 512) * 512
     if size > V.MAX_SIZE:
         raise MediaError(f"{path}: VHD disks are limited to 2040 GiB, the parent has {size} bytes")
     footer = V.new_footer(size, V.DIFF)
+    if image_uuid:
+        footer.unique_id = uuid.UUID(image_uuid).bytes_le  # read back as guid_text (§6.2)
     dyn = V.new_dyn_header(size, block_size)
     first = dyn.table_offset + dyn.bat_bytes
     writes = _fill_parent(dyn, path, parent, first)

@@ -36,7 +36,7 @@ def _set_parent(desc: vd.Descriptor, child: str, parent: ParentFacts) -> None:
 
 
 def create_child(path: str, parent: ParentFacts, *, grain_size: int = DEFAULT_GRAIN,
-                 adapter_type: str = "ide") -> VmdkImage:
+                 adapter_type: str = "ide", image_uuid: str | None = None) -> VmdkImage:
     """A new monolithicSparse child of the VMDK ``parent``, opened read-write (§2.5)."""
     if parent.format != "vmdk" or parent.cid is None:
         raise MediaError(f"{path}: a VMDK child needs a VMDK parent ({parent.path} is "
@@ -45,7 +45,8 @@ def create_child(path: str, parent: ParentFacts, *, grain_size: int = DEFAULT_GR
         raise MediaError(f"{path}: grain size {grain_size} is not a power of two >= 4K")
     sectors = -(-parent.size // SECTOR)
     line = vd.ExtentLine("RW", sectors, "SPARSE", os.path.basename(path))
-    desc = vd.for_new_image("monolithicSparse", [line], adapter_type=adapter_type)
+    desc = vd.for_new_image("monolithicSparse", [line], adapter_type=adapter_type,
+                            image_uuid=image_uuid)
     _set_parent(desc, path, parent)
     header = sparse_header(sectors, grain_size // SECTOR, embedded=True)
     write_sparse_file(path, header, desc.render().encode())
