@@ -32,7 +32,7 @@ from blockyard.iscsi.constants import (
     RejectReason,
 )
 from blockyard.iscsi.events import CommandReady
-from blockyard.iscsi.pdu import Buffer, decode_lun
+from blockyard.iscsi.pdu import decode_lun
 from blockyard.iscsi.pdu_initiator import DataOut, ScsiCommandPdu
 from blockyard.iscsi.pdu_target import pack_data_in, pack_r2t, pack_scsi_response
 from blockyard.iscsi.tasks import (
@@ -47,10 +47,10 @@ from blockyard.iscsi.tasks import (
     DataOutError,
     Task,
 )
-from blockyard.scsi.task import ScsiCommand, ScsiResult, TaskAttr
+from blockyard.scsi.task import FileSpan, ScsiCommand, ScsiResult, TaskAttr
 
 if TYPE_CHECKING:
-    from blockyard.iscsi.target import TargetConnection
+    from blockyard.iscsi.target import Payload, TargetConnection
 
 _COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
 # §11.3.1 ATTR values 0-4 are SAM task attributes; 5-7 are reserved, taken as SIMPLE
@@ -218,14 +218,14 @@ def send_result(conn: TargetConnection, task: Task, result: ScsiResult) -> None:
                                  task.responses, bidi, residual), seg)
 
 
-def _send_data_in(conn: TargetConnection, task: Task, data: Buffer, n: int, status: int,
+def _send_data_in(conn: TargetConnection, task: Task, data: Payload, n: int, status: int,
                   sense: bytes, flags: int, residual: int) -> bool:
     """Data-In PDUs for ``data[:n]``; True if the status went with the last one."""
     w = conn.window
     collapse = status in _COLLAPSE_OK and not sense and not (task.read and task.write)
     seg = conn.params.peer_max_recv_data_segment
     burst = conn.params.max_burst_length
-    view = data if type(data) is memoryview else memoryview(data)
+    view = data if isinstance(data, (memoryview, FileSpan)) else memoryview(data)
     itt, emit, datasn, off = task.itt, conn.emit, 0, 0
     while off < n:
         burst_end = min(off + burst, n)

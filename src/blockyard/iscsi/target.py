@@ -52,9 +52,9 @@ from blockyard.iscsi.constants import (
     Opcode,
     RejectReason,
 )
-from blockyard.iscsi.digest import padding_for
+from blockyard.iscsi.digest import digest_bytes, padding_for
 from blockyard.iscsi.events import NEED_DATA, LoginComplete, SessionClosing
-from blockyard.iscsi.framing import PduReader, PduRejected, frame
+from blockyard.iscsi.framing import PduReader, PduRejected
 from blockyard.iscsi.keys import Params
 from blockyard.iscsi.login import TargetLogin
 from blockyard.iscsi.pdu import Buffer, Pdu
@@ -72,8 +72,9 @@ from blockyard.iscsi.tasks import (
     READY,
     Task,
 )
-from blockyard.scsi.task import Nexus, ScsiResult
+from blockyard.scsi.task import FileSpan, Nexus, ScsiResult
 
+Payload = Buffer | FileSpan
 _NUMBERED = frozenset({Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST,
                        Opcode.TEXT_REQUEST, Opcode.LOGOUT_REQUEST})
 
@@ -100,7 +101,7 @@ class TargetConnection:
         self.write_bytes = 0  # Expected Data Transfer Length of the writes we hold
         self.order: deque[Task] = deque()
         self.events: deque[Any] = deque()
-        self.out: list[Buffer] = []
+        self.out: list[Payload] = []
         self.aborted: set[int] = set()  # ITTs of aborted tasks: their Data-Out is dropped
         self.tmfs: dict[int, control.PendingTmf] = {}
         self.text = control.TextState()
@@ -164,7 +165,7 @@ class TargetConnection:
             if ready:
                 self.in_order(ready)
 
-    def data_to_send(self) -> list[Buffer]:
+    def data_to_send(self) -> list[Payload]:
         out, self.out = self.out, []
         return out
 
@@ -177,17 +178,21 @@ class TargetConnection:
         self.portal.registry.close(self.owner)
 
     # ---- output helpers -----------------------------------------------------------
-    def emit(self, header: bytes, data: Buffer = b"") -> None:
-        if self.hd or self.dd:
-            self.out.extend(frame(header, data, self.hd, self.dd))
-            return
+    def emit(self, header: bytes, data: Payload = b"") -> None:
+        """Queue one PDU: header (+digest), data, padding (+digest).  ``data`` is a
+        FileSpan only without data digests (``ScsiCommand.by_reference``)."""
         out = self.out
+        if self.hd:
+            header += digest_bytes(header)
         out.append(header)
         n = len(data)
         if n:
             out.append(data)
             if n & 3:
                 out.append(padding_for(n))
+            if self.dd:
+                assert not isinstance(data, FileSpan)
+                out.append(digest_bytes(data, padding_for(n)))
 
     def emit_pdu(self, pdu: Pdu) -> None:
         self.emit(pdu.encode_header(), pdu.data)

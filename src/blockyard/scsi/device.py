@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from enum import IntEnum
 
+from blockyard.scsi import fastpath
 from blockyard.scsi.cdb import check_control, encode_lun, pad_cdb, u16, u32
 from blockyard.scsi.commands import Request, good
 from blockyard.scsi.opcodes import Op
@@ -85,6 +86,11 @@ class ScsiTargetDevice:
 
     # ---- commands --------------------------------------------------------------------
     async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+        unit = self.luns.get(cmd.lun)
+        if unit is not None and unit.fast_rw:  # READ/WRITE(10/16), nothing special going on
+            io = fastpath.plan(unit, cmd)  # type: ignore[arg-type]
+            if io is not None:
+                return await fastpath.run(unit, cmd, *io)  # type: ignore[arg-type]
         try:
             cdb = pad_cdb(bytes(cmd.cdb))
             if cdb[0] == Op.REPORT_LUNS:

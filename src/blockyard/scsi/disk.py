@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from blockyard.block.layer import Buffer, Layer
+from blockyard.scsi import fastpath, sbc_rw
 from blockyard.scsi.commands import CommandTable
 from blockyard.scsi.gate import IoGate
 from blockyard.scsi.mode import MODE_COMMANDS, ModeState
@@ -91,6 +92,16 @@ class DiskUnit(LogicalUnit):
         self.copies: dict[tuple[Nexus, int], CopyStatus] = {}  # RECEIVE COPY RESULTS
         super().__init__()
         self._known_capacity = self.capacity_blocks
+        self.fast_rw = self._plain_rw()
+
+    def _plain_rw(self) -> bool:
+        """True if READ/WRITE(10/16) mean what scsi/fastpath.py assumes for this unit."""
+        handlers = {op: self.commands.get(op, None) for op in fastpath.OPCODES}
+        return (type(self).execute is LogicalUnit.execute
+                and type(self).read is DiskUnit.read and type(self).write is DiskUnit.write
+                and all(c is not None and c.handler in (sbc_rw.read, sbc_rw.write)
+                        and c.handler.__name__ == ("write" if op & 0x02 else "read")
+                        for op, c in handlers.items()))
 
     # ---- geometry and limits ------------------------------------------------------
     @property

@@ -38,6 +38,15 @@ class IoGate:
         self._exclusive = False
         self._waiters: deque[tuple[bool, Any]] = deque()
 
+    @property
+    def busy(self) -> bool:
+        """A shared holder would have to wait (someone holds or waits for exclusive)."""
+        return self._exclusive or bool(self._waiters)
+
+    def enter_shared(self) -> None:
+        """Take the gate shared without waiting; only when not ``busy``."""
+        self._shared += 1
+
     def shared(self) -> _Hold:
         return _Hold(self, False)
 

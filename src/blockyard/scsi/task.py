@@ -67,12 +67,35 @@ class ScsiCommand:
     expected_in: int = 0
     task_attr: TaskAttr = TaskAttr.SIMPLE
     tag: int = 0
+    # The transport can send read data by reference (``FileSpan``), e.g. with sendfile(2)
+    by_reference: bool = False
+
+
+class FileSpan:
+    """``count`` bytes of the file ``fd`` from ``offset``: read data the transport sends
+    straight from the file (sendfile) instead of bytes in memory.  Only produced for
+    commands with ``by_reference`` set; slicing gives the span of a sub-range."""
+
+    __slots__ = ("fd", "offset", "count")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd, self.offset, self.count = fd, offset, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, part: slice) -> FileSpan:
+        start, stop, _ = part.indices(self.count)
+        return FileSpan(self.fd, self.offset + start, max(0, stop - start))
+
+    def __repr__(self) -> str:
+        return f"FileSpan(fd={self.fd}, offset={self.offset}, count={self.count})"
 
 
 @dataclass(slots=True)
 class ScsiResult:
     status: int = Status.GOOD
-    data: Buffer = b""
+    data: Buffer | FileSpan = b""  # FileSpan only for commands with by_reference
     sense: bytes = b""
     data_out_used: int = 0
     extra: dict[str, object] = field(default_factory=dict)

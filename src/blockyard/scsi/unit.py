@@ -72,6 +72,7 @@ class LogicalUnit:
     COMMANDS: ClassVar[CommandTable] = CommandTable(())
     peripheral_type: int = 0x1F
     removable: bool = False
+    fast_rw: bool = False  # READ/WRITE(10/16) may take scsi/fastpath.py (a plain disk)
 
     def __init__(self) -> None:
         self.lun = -1  # set by ScsiTargetDevice.add_lun

@@ -1,18 +1,30 @@
 """One iSCSI connection on the event loop: a thin shell around ``iscsi.TargetConnection``.
 
-A ``BufferedProtocol`` receives straight into the core's buffer, drains its
-events through ``_EVENTS`` (a table by event type) and writes what the core
-queued.  SCSI commands start at once and eagerly (stepped by hand, as in
-``util.eager``, but without a wrapper coroutine on the fast path):
-a command the SCSI layer answers without waiting (a page-cache hit) is
-answered inside the same callback; one that waits (thread pool) completes
-later, in any order.  Replies produced in one callback go out in one
-``writelines``; completions from other tasks set a flush that runs once per
-loop turn.  Reading pauses while the socket's write buffer is full.
+The connection owns its socket through a ``SocketWire`` (sockwire.py; the
+NBD server's, for the same reason: an asyncio transport sends on the loop
+thread, so large replies would serialise behind each other): the loop
+receives straight into the core's buffer, drains its events through
+``_EVENTS`` (a table by event type) and writes what the core queued.
+
+SCSI commands start at once and eagerly (stepped by hand, as in
+``util.eager``, without a wrapper coroutine on the fast path): a command the
+SCSI layer answers without waiting (a page-cache hit) is answered inside the
+same callback; one that waits (thread pool) completes later, in any order.
+Replies produced in one callback are corked into one ``sendmsg`` (every
+``FLUSH_EVERY`` events, so the initiator can start on them while we go on);
+completions from other tasks set a flush that runs once per loop turn.
+
+Large reads: a command whose data the SCSI layer may hand over by reference
+(``ScsiCommand.by_reference``: no data digest, at least ``THREAD_SEND_MIN``
+bytes) comes back as a ``FileSpan`` of the backing raw file and goes out
+with sendfile(2) from an I/O thread; other large replies are sent from an
+I/O thread too, where the copy runs without the GIL.  The wire keeps the
+replies in the order the core queued them, so StatSN stays in order.
+Reading pauses while more than ``WRITE_HIGH`` bytes of replies wait.
 
 The connection's end (logout, error, peer gone, reinstated by a new login)
-always passes through ``connection_lost``: the core forgets the session and
-the SCSI layer hears ``nexus_gone``.
+always passes through ``_lost``: the core forgets the session and the SCSI
+layer hears ``nexus_gone``.
 """
 
 from __future__ import annotations
@@ -34,15 +46,20 @@ from blockyard.iscsi import (
     TaskManagement,
 )
 from blockyard.iscsi.discovery import format_portal
-from blockyard.scsi.task import ScsiCommand, ScsiResult, Status, TmfFunction
+from blockyard.scsi.task import FileSpan, ScsiCommand, ScsiResult, Status, TmfFunction
+from blockyard.transport.sockwire import FileRange, SocketWire
 from blockyard.util.eager import run_eager
 
 if TYPE_CHECKING:
     from blockyard.transport.iscsi_target import IscsiTarget, IscsiTargetServer
 
 log = logging.getLogger("blockyard.iscsi")
-# CHECK CONDITION, HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h), fixed format
 FLUSH_EVERY = int(os.environ.get("BLOCKYARD_ISCSI_FLUSH_EVERY", "16"))
+USE_SENDFILE = not os.environ.get("BLOCKYARD_NO_SENDFILE")
+THREAD_SEND_MIN = 256 << 10  # replies carrying this much data are sent from an I/O thread
+WRITE_HIGH = 16 << 20  # stop reading commands while this much reply data waits
+WRITE_LOW = 4 << 20
+# CHECK CONDITION, HARDWARE ERROR, INTERNAL TARGET FAILURE (44h/00h), fixed format
 _INTERNAL_FAILURE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0, 0, 0, 0])
 
 
@@ -77,48 +94,42 @@ class _Resume:
                     return stop.value
 
 
-class IscsiConnection(asyncio.BufferedProtocol):
-    def __init__(self, server: IscsiTargetServer) -> None:
+class IscsiConnection:
+    def __init__(self, server: IscsiTargetServer, sock: socket.socket) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
-        self.core: TargetConnection | None = None
-        self.transport: asyncio.Transport | None = None
         self.target: IscsiTarget | None = None
-        self.peer = "?"
         self.reason = "peer closed the connection"
         self.closed = False
         self.tasks: set[asyncio.Task[Any]] = set()
         self._busy = False
+        self._threaded = False  # the corked replies hold a FileSpan or much data
+        self._paused = False
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-
-    # ---- asyncio callbacks ------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
+        peer, local = sock.getpeername(), sock.getsockname()
         self.peer = format_portal(peer[0], peer[1]) if isinstance(peer, tuple) else str(peer)
         address = format_portal(local[0], local[1]) if isinstance(local, tuple) else ""
-        self.core = TargetConnection(self.server.portal, local_address=address,
+        self.core = TargetConnection(server.portal, local_address=address,
                                      now=self.loop.time(), owner=self)
-        self.transport.set_write_buffer_limits(high=4 << 20)
-        self.server.connections.add(self)
+        self.wire = SocketWire(sock, self.loop, self.core.get_buffer, self._received, self._lost)
+        server.connections.add(self)
         log.info("iscsi: connection from %s", self.peer)
+        self.wire.resume_reading()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    # ---- socket callbacks -------------------------------------------------------------
+    def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
         for handle in (self._flush_handle, self._timer):
             if handle is not None:
                 handle.cancel()
         core = self.core
-        session = core.session if core is not None else None
-        if core is not None:
-            core.connection_lost()
+        session = core.session
+        core.connection_lost()
         if session is not None and self.target is not None:
             self.target.device.nexus_gone(session.nexus)
         who = f"{session.initiator_name} -> {session.target_name or 'discovery'}" \
@@ -126,30 +137,13 @@ class IscsiConnection(asyncio.BufferedProtocol):
         log.info("iscsi: connection from %s closed (%s): %s", self.peer, who,
                  f"{self.reason}: {exc}" if exc else self.reason)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        assert self.core is not None
-        return self.core.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        assert self.core is not None
+    def _received(self, nbytes: int) -> None:
         self.core.buffer_updated(nbytes)
         self._process()
-
-    def eof_received(self) -> bool:
-        return False
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
 
     # ---- the core's events ---------------------------------------------------------------
     def _process(self) -> None:
         core = self.core
-        assert core is not None
         self._busy = True
         handled = 0
         try:
@@ -188,15 +182,18 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _on_command(self, event: CommandReady) -> None:
         """Run the command now; if the SCSI layer has to wait, finish it in a Task."""
-        assert self.target is not None and self.core is not None
-        coro = self.target.device.execute(event.command)
+        assert self.target is not None
+        cmd = event.command
+        if cmd.expected_in >= THREAD_SEND_MIN and USE_SENDFILE and not self.core.dd:
+            cmd.by_reference = True
+        coro = self.target.device.execute(cmd)
         try:
             waiting = coro.send(None)
         except StopIteration as done:
-            self.core.complete_command(event.itt, done.value)
+            self._complete(event.itt, done.value)
             return
         except Exception:  # the SCSI layer maps its own errors; anything else is a bug
-            self.core.complete_command(event.itt, _failure(event.command))
+            self._complete(event.itt, _failure(cmd))
             return
         task = self.loop.create_task(self._finish(event, _Resume(coro, waiting)))
         self.tasks.add(task)
@@ -207,9 +204,15 @@ class IscsiConnection(asyncio.BufferedProtocol):
             result = await rest
         except Exception:
             result = _failure(event.command)
-        if self.core is not None and not self.closed:
-            self.core.complete_command(event.itt, result)
+        if not self.closed:
+            self._complete(event.itt, result)
             self._dirty()
+
+    def _complete(self, itt: int, result: ScsiResult) -> None:
+        data = result.data
+        if type(data) is FileSpan or len(data) >= THREAD_SEND_MIN:
+            self._threaded = True
+        self.core.complete_command(itt, result)
 
     def _on_tmf(self, event: TaskManagement) -> None:
         task = run_eager(self._run_tmf(event))
@@ -218,7 +221,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
             task.add_done_callback(self.tasks.discard)
 
     async def _run_tmf(self, event: TaskManagement) -> None:
-        assert self.target is not None and self.core is not None
+        assert self.target is not None
         session = self.core.session
         assert session is not None
         response = event.response
@@ -236,9 +239,9 @@ class IscsiConnection(asyncio.BufferedProtocol):
     def _on_closing(self, event: SessionClosing) -> None:
         self.reason = event.reason
         self._flush()
-        if self.transport is not None:
-            self.transport.close()  # after the queued bytes are written
         self.closed = True
+        self.wire.pause_reading()
+        self.wire.flush_and_close()  # after the queued replies are written
 
     # ---- output and timers ------------------------------------------------------------------
     def _dirty(self) -> None:
@@ -253,14 +256,31 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self._flush_handle = None
-        if self.core is None or self.transport is None:
+        out: list[Any] = self.core.data_to_send()
+        if not out or self.wire.closed:
             return
-        out = self.core.data_to_send()
-        if out and not self.transport.is_closing():
-            self.transport.writelines(out)
+        if self._threaded:
+            self._threaded = False
+            self.wire.send_threaded([FileRange(b.fd, b.offset, b.count)
+                                     if type(b) is FileSpan else b for b in out])
+            if self.wire.queued_bytes > WRITE_HIGH and not self._paused:
+                self._paused = True
+                self.wire.pause_reading()
+                self.loop.call_later(0.002, self._check_backlog)
+        else:
+            self.wire.send(out)
+
+    def _check_backlog(self) -> None:
+        if self.closed:
+            return
+        if self.wire.queued_bytes > WRITE_LOW:
+            self.loop.call_later(0.002, self._check_backlog)
+        else:
+            self._paused = False
+            self.wire.resume_reading()
 
     def _arm_timer(self) -> None:
-        when = self.core.get_timer() if self.core is not None and not self.closed else None
+        when = self.core.get_timer() if not self.closed else None
         if when == self._timer_at:
             return
         if self._timer is not None:
@@ -270,7 +290,7 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        if self.core is not None and not self.closed:
+        if not self.closed:
             self.core.handle_timer(self.loop.time())
             self._process()
 
@@ -282,12 +302,11 @@ class IscsiConnection(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.wire.close(None)
 
     def request_logout(self, seconds: int) -> None:
         """Ask the initiator to log out (Async Message, event 1, §11.9.1)."""
-        if self.core is not None and not self.closed and self.core.session is not None:
+        if not self.closed and self.core.session is not None:
             self.core.request_logout(seconds)
             self._flush()
 

@@ -42,6 +42,7 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,25 +96,56 @@ class IscsiTargetServer:
                                    cmd_window=cmd_window, nop_interval=nop_interval,
                                    nop_timeout=nop_timeout)
         self.connections: set[IscsiConnection] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self.host = ""
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: IscsiConnection(self), host, port,
-                                                reuse_address=True)
-        sock = self._server.sockets[0].getsockname()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((host, port))
+            lsock.listen(128)
+            lsock.setblocking(False)
+        except OSError:
+            lsock.close()
+            raise
+        self._listener = lsock
+        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(lsock))
+        sock = lsock.getsockname()
         self.host, self.port = sock[0], sock[1]
         log.info("iscsi: listening on %s:%d (%d targets)", self.host, self.port,
                  len(self.targets))
 
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(lsock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: log, breathe, go on
+                log.error("iscsi: accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                IscsiConnection(self, sock)
+            except OSError as exc:  # the peer left before we looked at it
+                log.info("iscsi: connection dropped at accept: %s", exc)
+                sock.close()
+
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, ask every session to log out, close what is left after ``grace``."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for conn in list(self.connections):
             conn.request_logout(max(1, int(grace)))
         deadline = asyncio.get_running_loop().time() + grace
