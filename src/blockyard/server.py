@@ -20,7 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from blockyard.block.formats import create_image, open_image
+from blockyard.block.formats import create_image, open_image, probe
+from blockyard.block.hostcache import open_raw
+from blockyard.block.layer import Layer
 from blockyard.errors import ConfigError, MediaError
 from blockyard.transport.nbd_server import Export, ExportTable, NbdServer
 
@@ -35,6 +37,7 @@ class ExportDecl:
     description: str = ""
     create_size: int = 0  # create a sparse image of this size when missing
     format: str | None = None
+    host_cache: bool = True  # off: O_DIRECT with our own small write-back cache (raw only)
 
 
 @dataclass
@@ -72,6 +75,7 @@ def default_state_dir() -> Path:
 
 def open_export(decl: ExportDecl) -> Export:
     path = Path(decl.path)
+    layer: Layer
     if decl.create_size and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         layer = create_image(path, decl.create_size, decl.format or "raw")
@@ -79,7 +83,11 @@ def open_export(decl: ExportDecl) -> Export:
     else:
         if not path.exists():
             raise MediaError(f"{path}: no such file")
-        layer = open_image(path, read_only=decl.read_only, fmt=decl.format)
+        fmt = decl.format or probe(path)
+        if fmt == "raw" and not decl.host_cache:
+            layer = open_raw(path, read_only=decl.read_only, host_cache=False)
+        else:
+            layer = open_image(path, read_only=decl.read_only, fmt=fmt)
     return Export(decl.name, layer, decl.description, decl.read_only)
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 from pathlib import Path
 
+from blockyard.block.hostcache import parse_host_cache
 from blockyard.config import load_default, load_file
 from blockyard.daemon import DaemonPlan
 from blockyard.daemon import run as run_daemon
@@ -43,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="export name for the corresponding FILE (default: file stem)")
     p.add_argument("--read-only", "-r", action="store_true", help="refuse writes")
     p.add_argument("--format", "-f", help="image format (default: probe the content)")
+    p.add_argument("--host-cache", default="on", metavar="on|off",
+                   help="off: raw images bypass the page cache (O_DIRECT, own write cache)")
     p.add_argument("--state-dir", type=Path, default=None,
                    help="state directory (default $BLOCKYARD_STATE_DIR or "
                         "$XDG_STATE_HOME/blockyard)")
@@ -59,7 +62,9 @@ def _quick_plan(args: argparse.Namespace) -> ServePlan:
     names = list(args.name) + [Path(f).stem for f in args.files[len(args.name):]]
     if len(set(names)) != len(names):
         raise ConfigError(f"export names collide: {', '.join(names)}; use --name")
-    exports = [ExportDecl(n, str(Path(f).resolve()), args.read_only, format=args.format)
+    host_cache = parse_host_cache(args.host_cache)
+    exports = [ExportDecl(n, str(Path(f).resolve()), args.read_only, format=args.format,
+                          host_cache=host_cache)
                for n, f in zip(names, args.files, strict=True)]
     nbd = [parse_address(a, 10809) for a in args.nbd or ([] if args.iscsi else ["127.0.0.1"])]
     iscsi = [parse_address(a, 3260) for a in args.iscsi or []]

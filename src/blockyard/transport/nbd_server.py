@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blockyard.block.layer import Layer
+from blockyard.block.throttle import SESSION
 from blockyard.block.writemode import MediumHub, PolicyError
 from blockyard.errors import BlockError, BlockyardError, RemoteProtocolError
 from blockyard.nbd import constants as c
@@ -119,6 +120,7 @@ class NbdConnection:
         self.session: MediumHub | None = None
         self.peer = peer
         self.client = peer.rsplit(":", 1)[0]  # identity for write modes: the address
+        self.session_key = f"nbd:{peer}"  # one scheduling queue per connection
         self.inflight: dict[int, int] = {}  # id(request) -> bytes it holds
         self.inflight_bytes = 0
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -267,7 +269,11 @@ class NbdConnection:
             if layer.sync_pread is not None:
                 pool().submit(self._read_in_thread, req, export, layer.sync_pread)
                 return
-        task = run_eager(self._run(req, export, self.layer))
+        token = SESSION.set(self.session_key)  # bandwidth groups schedule per session
+        try:
+            task = run_eager(self._run(req, export, self.layer))
+        finally:
+            SESSION.reset(token)
         if task is not None:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
