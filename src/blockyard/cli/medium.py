@@ -98,15 +98,23 @@ def _format_option(p: argparse.ArgumentParser) -> None:
 # ---- create ------------------------------------------------------------------------------
 def _build_create(group: Sub) -> None:
     p = _file_parser(group, "create", _create, "create a new image file")
-    p.add_argument("--size", required=True, help="virtual size: 4096, 512M, 10G, 1.5T ...")
-    p.add_argument("--format", "-f", choices=CREATE_FORMATS, default="vdi",
-                   help="image format (default vdi)")
+    p.add_argument("--size", help="virtual size: 4096, 512M, 10G, 1.5T ... (not with --parent)")
+    p.add_argument("--format", "-f", choices=CREATE_FORMATS, default=None,
+                   help="image format (default vdi; with --parent the parent's when it can "
+                        "have children, else vdi)")
     p.add_argument("--variant", choices=VARIANTS, default="dynamic",
                    help="dynamic (default), fixed, split2g or stream (VMDK)")
+    p.add_argument("--parent", metavar="PARENT",
+                   help="make a differencing image over this image (and its chain)")
 
 
 def _create(args: argparse.Namespace) -> int:
+    if args.parent:
+        return _run(_create_child(args))
+    if not args.size:
+        raise MediaError(f"{args.file}: give --size (or --parent for a differencing image)")
     size = parse_size(args.size)
+    args.format = args.format or "vdi"
 
     async def go() -> int:
         img = create_image(args.file, size, args.format, args.variant)
@@ -114,6 +122,29 @@ def _create(args: argparse.Namespace) -> int:
         print(f"{args.file}: created {args.format} {args.variant} image of {format_size(size)}")
         return 0
     return _run(go())
+
+
+async def _create_child(args: argparse.Namespace) -> int:
+    """``create CHILD --parent PARENT``: like VBoxManage createmedium --diffparent."""
+    from blockyard.block.chain_facts import facts_of
+    from blockyard.block.chain_find import open_chain_file
+    from blockyard.block.chain_link import child_format, create_child
+    from blockyard.media.chain_open import top_image
+
+    if args.size or args.variant != "dynamic":
+        raise MediaError(f"{args.file}: a differencing image takes its size from its parent "
+                         "and is always dynamic; drop --size and --variant")
+    parent = open_chain_file(args.parent, read_only=True)  # the whole chain must open
+    try:
+        facts = facts_of(top_image(parent))
+    finally:
+        await parent.close()
+    fmt = child_format(facts.format, args.format)
+    child = create_child(os.path.abspath(args.file), facts, fmt)
+    await child.close()
+    print(f"{args.file}: created {fmt} differencing image over {args.parent} "
+          f"({format_size(facts.size)})")
+    return 0
 
 
 # ---- info ----------------------------------------------------------------------------------

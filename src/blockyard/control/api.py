@@ -13,6 +13,10 @@ be quoted, ``/`` as ``%2F``)::
     DELETE /v1/media/{ref}[?delete=true]     media.remove
     POST   /v1/media/{src}/clone             media.clone        {"dst": ...}
     POST   /v1/media/{ref}/release           media.release
+    GET    /v1/media/{ref}/snapshots         snapshots.list
+    POST   /v1/media/{ref}/snapshots         snapshots.take     {"name": ...}
+    POST   /v1/media/{ref}/snapshots/{snapshot}/restore  snapshots.restore
+    DELETE /v1/media/{ref}/snapshots/{snapshot}  snapshots.delete (merge; progress in the log)
     GET    /v1/controllers                   controllers.list
     POST   /v1/controllers                   controllers.add    {"name", "type"}
     DELETE /v1/controllers/{name}            controllers.remove
@@ -44,6 +48,9 @@ from blockyard.control.http import Request, Response
 from blockyard.control.metrics import render_metrics
 from blockyard.media.context import Context
 from blockyard.media.operations import OPERATIONS
+from blockyard.media.snapshot_ops import SNAPSHOT_OPERATIONS
+
+OPERATIONS.update(SNAPSHOT_OPERATIONS)  # until media/operations.py lists them itself
 
 log = logging.getLogger("blockyard.control")
 
@@ -58,6 +65,10 @@ ROUTES: list[tuple[str, str, str]] = [
     ("DELETE", "/v1/media/{ref}", "media.remove"),
     ("POST", "/v1/media/{src}/clone", "media.clone"),
     ("POST", "/v1/media/{ref}/release", "media.release"),
+    ("GET", "/v1/media/{ref}/snapshots", "snapshots.list"),
+    ("POST", "/v1/media/{ref}/snapshots", "snapshots.take"),
+    ("POST", "/v1/media/{ref}/snapshots/{snapshot}/restore", "snapshots.restore"),
+    ("DELETE", "/v1/media/{ref}/snapshots/{snapshot}", "snapshots.delete"),
     ("GET", "/v1/controllers", "controllers.list"),
     ("POST", "/v1/controllers", "controllers.add"),
     ("DELETE", "/v1/controllers/{name}", "controllers.remove"),
