@@ -17,7 +17,8 @@ from blockyard import __version__
 from blockyard.errors import BlockyardError
 
 GROUPS = ["blockyard.cli.serve", "blockyard.cli.medium", "blockyard.cli.controller",
-          "blockyard.cli.config_cmd", "blockyard.cli.iscsi", "blockyard.cli.bandwidth"]
+          "blockyard.cli.config_cmd", "blockyard.cli.iscsi", "blockyard.cli.bandwidth",
+          "blockyard.cli.snapshot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
