@@ -5,8 +5,9 @@ with a free TCP port and a control socket number ``N`` nobody else holds
 (``/var/run/tgtd/socket.N.lock`` is probed with a non-blocking lock; a
 daemon that still fails to start is retried with another number).  It is
 configured with ``tgtadm -C N`` and stopped by PID in the order tgtd
-accepts: drop connections, delete targets, SIGTERM, wait (SIGKILL only if
-it will not go).  Never by name: other engineers run their own tgtd.
+accepts: drop connections, delete targets, ``--op delete --mode system``,
+SIGTERM, wait (SIGKILL only if it will not go); then its socket files go.
+Never by name: other engineers run their own tgtd.
 """
 
 from __future__ import annotations
@@ -105,14 +106,18 @@ class Tgtd:
 
     def _kill(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for name in (f"socket.{self.control}", f"socket.{self.control}.lock"):
+            with contextlib.suppress(OSError):  # tgtd leaves them behind; they were ours
+                (LOCK_DIR / name).unlink()
 
     # ---- configuration ------------------------------------------------------------------
     def adm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
