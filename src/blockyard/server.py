@@ -91,6 +91,16 @@ def open_export(decl: ExportDecl) -> Export:
     return Export(decl.name, layer, decl.description, decl.read_only)
 
 
+async def _open(decl: ExportDecl) -> Export:
+    """A file through ``open_export``; an ``iscsi://`` URL through the initiator."""
+    if not decl.path.startswith("iscsi://"):
+        return open_export(decl)
+    from blockyard.transport.iscsi_initiator import open_remote
+
+    layer = await open_remote(decl.path, read_only=decl.read_only)
+    return Export(decl.name, layer, decl.description or decl.path, decl.read_only)
+
+
 def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable) -> None:
     if not addrs:
         return
@@ -107,7 +117,7 @@ def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable)
 
 
 async def serve(plan: ServePlan) -> int:
-    exports = ExportTable([open_export(d) for d in plan.exports])
+    exports = ExportTable([await _open(d) for d in plan.exports])
     nbd = NbdServer(exports)
     addrs = []
     try:

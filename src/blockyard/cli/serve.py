@@ -56,14 +56,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=_serve)
 
 
+def _default_name(item: str) -> str:
+    """A file's stem; for ``iscsi://host/iqn.x:name/LUN`` the IQN's last component."""
+    if item.startswith("iscsi://"):
+        target = item.split("?", 1)[0].rstrip("/").split("/")[-2]
+        return target.rsplit(":", 1)[-1] or target
+    return Path(item).stem
+
+
+def _location(item: str) -> str:
+    return item if item.startswith("iscsi://") else str(Path(item).resolve())
+
+
 def _quick_plan(args: argparse.Namespace) -> ServePlan:
     if len(args.name) > len(args.files):
         raise ConfigError("more --name options than files")
-    names = list(args.name) + [Path(f).stem for f in args.files[len(args.name):]]
+    names = list(args.name) + [_default_name(f) for f in args.files[len(args.name):]]
     if len(set(names)) != len(names):
         raise ConfigError(f"export names collide: {', '.join(names)}; use --name")
     host_cache = parse_host_cache(args.host_cache)
-    exports = [ExportDecl(n, str(Path(f).resolve()), args.read_only, format=args.format,
+    exports = [ExportDecl(n, _location(f), args.read_only, format=args.format,
                           host_cache=host_cache)
                for n, f in zip(names, args.files, strict=True)]
     nbd = [parse_address(a, 10809) for a in args.nbd or ([] if args.iscsi else ["127.0.0.1"])]
