@@ -48,7 +48,7 @@ from blockyard.block.layer import Layer
 from blockyard.errors import ConflictError, MediaError
 from blockyard.media import files
 from blockyard.media import snapshot_store as store
-from blockyard.media.chain_open import open_chain, parent_facts
+from blockyard.media.chain_open import lineage, open_chain, parent_facts
 from blockyard.media.context import Context
 from blockyard.media.model import Medium
 from blockyard.media.snapshot_live import close_quietly, live_swap, rekey, reopen
@@ -139,7 +139,8 @@ def image_of(chain: Layer, m: Medium) -> ImageLayer:
 
 async def _merge(ctx: Context, disk: Disk, snap: Snapshot, image: Medium, child: Medium,
                  progress: Progress | None) -> int:
-    swap = live_swap(ctx, disk.current)
+    served = {m.uuid for m in lineage(disk.current, ctx.lookup)}
+    swap = live_swap(ctx, disk.current) if child.uuid in served else None  # else: not open
     writable = frozenset({image.uuid})
     if swap is None:
         work = open_chain(child, ctx.lookup, read_only=True, writable=writable)
@@ -186,7 +187,7 @@ async def _copy_live(ctx: Context, swap: SwapLayer, disk: Disk, snap: Snapshot,
         except BaseException:
             reopen(swap, disk.current, ctx.lookup)
             raise
-        reopen(swap, ctx.lookup(image.uuid) if is_current else disk.current, ctx.lookup)
+        reopen(swap, ctx.lookup(image.uuid if is_current else disk.current.uuid), ctx.lookup)
     return done
 
 
