@@ -6,9 +6,14 @@ A configuration declares up front what the daemon serves (see
     [server]       state_dir, log_level, log_file
     [nbd]          listen = ["HOST:PORT", ...]
     [control]      socket (in the state directory), listen (optional TCP), token_file
+    [iscsi]        listen = ["HOST:PORT", ...] (empty: no iSCSI target service)
+    [[target]]     controller, iqn, alias, acl, chap_user, chap_secret(_file),
+                   mutual_user, mutual_secret(_file) -- a controller's iSCSI target
+    [[bandwidth_group]] name, limit (VBoxManage units: "20M", "100m", 0 = unlimited)
     [[controller]] name, type, host_cache
     [[attachment]] controller, port, medium (path), name (export), format,
-                   create_size, description, kind, write_mode, variant
+                   create_size, description, kind, write_mode, variant,
+                   bandwidth_group
     [[export]]     name, path, format, create_size, description, read_only
                    (the first embedded default's shape: still accepted, served
                    as attachments of an implicit controller "exports")
@@ -37,6 +42,7 @@ from typing import Any
 
 from blockyard.errors import ConfigError
 from blockyard.media.model import CONTROLLER_SLOTS, KINDS, WRITE_MODES
+from blockyard.util.limits import parse_limit
 from blockyard.util.units import parse_size
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -65,6 +71,33 @@ class ControlSection:
 
 
 @dataclass
+class IscsiSection:
+    listen: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TargetDecl:
+    """A controller's iSCSI target: its name, who may log in, and how they authenticate."""
+
+    controller: str
+    iqn: str = ""  # default iqn.2026-11.org.blockyard:<controller>
+    alias: str = ""
+    acl: list[str] = field(default_factory=list)  # empty: every initiator
+    chap_user: str = ""
+    chap_secret: str = field(default="", repr=False)
+    chap_secret_file: str = ""
+    mutual_user: str = ""
+    mutual_secret: str = field(default="", repr=False)
+    mutual_secret_file: str = ""
+
+
+@dataclass
+class BandwidthGroupDecl:
+    name: str
+    limit: int  # bytes per second, 0 = unlimited
+
+
+@dataclass
 class ControllerDecl:
     name: str
     type: str
@@ -83,6 +116,7 @@ class AttachmentDecl:
     kind: str | None = None
     write_mode: str | None = None
     variant: str = "dynamic"
+    bandwidth_group: str = ""
 
 
 @dataclass
@@ -101,6 +135,9 @@ class Config:
     server: ServerSection = field(default_factory=ServerSection)
     nbd: NbdSection = field(default_factory=NbdSection)
     control: ControlSection = field(default_factory=ControlSection)
+    iscsi: IscsiSection = field(default_factory=IscsiSection)
+    targets: list[TargetDecl] = field(default_factory=list)
+    bandwidth_groups: list[BandwidthGroupDecl] = field(default_factory=list)
     controllers: list[ControllerDecl] = field(default_factory=list)
     attachments: list[AttachmentDecl] = field(default_factory=list)
     exports: list[ExportDecl] = field(default_factory=list)
@@ -160,6 +197,29 @@ def _optional_address(v: Any) -> str:
     return _address(v) if v != "" else ""
 
 
+def _strings(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("must be a list of non-empty strings")
+    return list(v)
+
+
+_ISCSI_NAME = re.compile(r"iqn\.\d{4}-\d{2}\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+")
+
+
+def _iqn(v: Any) -> str:
+    text = _str(v)
+    if text and not _ISCSI_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not an iSCSI name (iqn.YYYY-MM.domain[:name])")
+    return text
+
+
+def _limit(v: Any) -> int:
+    try:
+        return parse_limit(v if isinstance(v, int | str) and not isinstance(v, bool) else "?")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 REQ = object()  # marks a required key
 Spec = dict[str, tuple[Callable[[Any], Any], Any]]
 SCHEMA: dict[str, tuple[bool, Spec, type]] = {  # name -> (array of tables?, keys, class)
@@ -168,6 +228,15 @@ SCHEMA: dict[str, tuple[bool, Spec, type]] = {  # name -> (array of tables?, key
     "nbd": (False, {"listen": (_addresses, ["127.0.0.1:10809"])}, NbdSection),
     "control": (False, {"socket": (_str, "control.sock"), "listen": (_optional_address, ""),
                         "token_file": (_str, "")}, ControlSection),
+    "iscsi": (False, {"listen": (_addresses, [])}, IscsiSection),
+    "target": (True, {
+        "controller": (_str, REQ), "iqn": (_iqn, ""), "alias": (_str, ""),
+        "acl": (_strings, []),
+        "chap_user": (_str, ""), "chap_secret": (_str, ""), "chap_secret_file": (_str, ""),
+        "mutual_user": (_str, ""), "mutual_secret": (_str, ""),
+        "mutual_secret_file": (_str, "")}, TargetDecl),
+    "bandwidth_group": (True, {"name": (_str, REQ), "limit": (_limit, REQ)},
+                        BandwidthGroupDecl),
     "controller": (True, {"name": (_str, REQ), "type": (_choice(*CONTROLLER_SLOTS), REQ),
                           "host_cache": (_bool, True)}, ControllerDecl),
     "attachment": (True, {
@@ -175,13 +244,15 @@ SCHEMA: dict[str, tuple[bool, Spec, type]] = {  # name -> (array of tables?, key
         "name": (_str, ""), "format": (_choice(*FORMATS), None), "create_size": (_size, 0),
         "description": (_str, ""), "kind": (_choice(*KINDS), None),
         "write_mode": (_choice(*WRITE_MODES), None),
-        "variant": (_choice("dynamic", "fixed"), "dynamic")}, AttachmentDecl),
+        "variant": (_choice("dynamic", "fixed"), "dynamic"),
+        "bandwidth_group": (_str, "")}, AttachmentDecl),
     "export": (True, {
         "name": (_str, REQ), "path": (_str, REQ), "format": (_choice(*FORMATS), None),
         "create_size": (_size, 0), "description": (_str, ""), "read_only": (_bool, False)},
         ExportDecl),
 }
-SECTION_FIELD = {"controller": "controllers", "attachment": "attachments", "export": "exports"}
+SECTION_FIELD = {"controller": "controllers", "attachment": "attachments", "export": "exports",
+                 "target": "targets", "bandwidth_group": "bandwidth_groups"}
 
 
 # ---- loading ---------------------------------------------------------------------------------
@@ -302,6 +373,50 @@ def _cross_check(cfg: Config, problems: _Problems) -> None:
         exports.add(e.name)
     if cfg.control.listen and not cfg.control.token_file:
         problems.add(("control", "listen"), "a TCP control listener needs token_file")
+    _check_targets(cfg, set(names), problems)
+    _check_groups(cfg, problems)
+
+
+def _check_targets(cfg: Config, controllers: set[str], problems: _Problems) -> None:
+    seen: dict[str, str] = {}
+    for i, t in enumerate(cfg.targets):
+        if t.controller not in controllers:
+            problems.add(("target", i, "controller"),
+                         f"no [[controller]] named {t.controller!r} in this file")
+        elif t.controller in seen.values():
+            problems.add(("target", i, "controller"), f"controller {t.controller!r} has two "
+                         "[[target]] tables")
+        if t.iqn and t.iqn in seen:
+            problems.add(("target", i, "iqn"), f"target name {t.iqn!r} is used twice")
+        seen[t.iqn or f"#{i}"] = t.controller
+        for who in ("chap", "mutual"):
+            user, secret = getattr(t, f"{who}_user"), getattr(t, f"{who}_secret")
+            secret_file = getattr(t, f"{who}_secret_file")
+            if secret and secret_file:
+                problems.add(("target", i, f"{who}_secret_file"),
+                             f"give {who}_secret or {who}_secret_file, not both")
+            elif bool(user) != bool(secret or secret_file):
+                problems.add(("target", i, f"{who}_user"), f"{who}_user needs {who}_secret or "
+                             f"{who}_secret_file, and they need {who}_user")
+        if t.mutual_user and not t.chap_user:
+            problems.add(("target", i, "mutual_user"), "mutual CHAP needs chap_user too")
+
+
+def _check_groups(cfg: Config, problems: _Problems) -> None:
+    from blockyard.block.bandwidth import check_group_name
+
+    seen: set[str] = set()
+    for i, g in enumerate(cfg.bandwidth_groups):
+        try:
+            check_group_name(g.name)
+        except ConfigError as exc:
+            problems.add(("bandwidth_group", i, "name"), str(exc))
+        if g.name.lower() == "none":
+            problems.add(("bandwidth_group", i, "name"), "'none' means no group; pick another")
+        if g.name in seen:
+            problems.add(("bandwidth_group", i, "name"), f"bandwidth group {g.name!r} is "
+                         "declared twice")
+        seen.add(g.name)
 
 
 # ---- finding a key's line --------------------------------------------------------------------
