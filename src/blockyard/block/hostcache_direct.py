@@ -83,6 +83,7 @@ class DirectFile(RawFile):
         super().__init__(path, read_only=read_only)
         self.sync_pread = None  # every read must see the dirty map: no transport bypass
         self.sendfile_fd = None
+        self.sync_pwrite = None  # writes go through our write-back cache
         self.align = ALIGN
         self.dfd = self._open_direct()
         self.cache_limit = cache_limit

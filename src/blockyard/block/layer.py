@@ -73,6 +73,9 @@ class Layer:
     # A file descriptor whose bytes at offset o are this layer's bytes at o (a raw
     # file), so a transport may send reads with sendfile(2); None otherwise.
     sendfile_fd: int | None = None
+    # A thread-safe blocking writer ``(offset, data, fua) -> None`` that keeps no
+    # reference to ``data`` once it returns (a raw file); None otherwise.
+    sync_pwrite: Callable[[int, Buffer, bool], None] | None = None
 
     def __init__(self, inner: Layer | None = None) -> None:
         self.inner = inner

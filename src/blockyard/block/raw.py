@@ -55,6 +55,7 @@ class RawFile(Layer):
         self._can_punch = not self.is_block_device
         self.sync_pread = self._read_sync
         self.sendfile_fd = self.fd
+        self.sync_pwrite = None if read_only else self._write_sync
 
     @classmethod
     def create_sparse(cls, path: str | os.PathLike[str], size: int, **kw: object) -> RawFile:
@@ -187,6 +188,7 @@ class RawFile(Layer):
             fd, self.fd = self.fd, -1
             self.sendfile_fd = None
             self.sync_pread = None
+            self.sync_pwrite = None
             os.close(fd)
 
     def describe(self) -> str:

@@ -98,6 +98,8 @@ class ServerConnection:
         self._query_meta: list[str] = []
         self._meta_export: str | None = None
         self._meta_selected: dict[int, str] = {}
+        # Where big WRITE payloads are received; the application may recycle buffers.
+        self.alloc_payload: Callable[[int], bytearray] = bytearray
 
     # ---- input ------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -412,7 +414,7 @@ class ServerConnection:
                 self._compact()
             return NEED_DATA
         self._start += 28
-        self._payload = bytearray(length)
+        self._payload = self.alloc_payload(length)
         self._payload[:avail] = self._buf[self._start:self._start + avail]
         self._pfill = avail
         self._start += avail

@@ -49,6 +49,7 @@ from blockyard.nbd.events import (
     Request,
 )
 from blockyard.nbd.server import ServerConnection, State
+from blockyard.transport.bufpool import PayloadPool
 from blockyard.transport.nbd_ops import COMMAND_TABLE, export_flags
 from blockyard.transport.sockwire import FileRange, SocketWire
 from blockyard.util.aio import pool
@@ -59,6 +60,9 @@ TF = c.TransmissionFlag
 _READ = int(c.Cmd.READ)
 USE_SENDFILE = not os.environ.get("BLOCKYARD_NO_SENDFILE")
 THREAD_SEND_MIN = 256 << 10  # read replies this big are sent from an I/O thread
+THREAD_WRITE_MIN = 128 << 10  # writes this big (to a raw file) run on an I/O thread
+_WRITE = int(c.Cmd.WRITE)
+_FUA = int(c.CmdFlag.FUA)
 WRITE_HIGH = 32 << 20  # stop reading requests while this much reply data is queued
 WRITE_LOW = 8 << 20
 
@@ -136,6 +140,7 @@ class NbdConnection:
         self.loop = asyncio.get_running_loop()
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.core.alloc_payload = server.payloads.get
         self.wire = SocketWire(sock, self.loop, self.core.get_buffer, self._received,
                                self._lost)
         server.connections.add(self)
@@ -261,6 +266,9 @@ class NbdConnection:
             self.loop.call_later(0.005, self._check_write_buffer)
         self.idle.clear()
         self.inflight[id(req)] = size
+        if req.cmd == _WRITE and req.length >= THREAD_WRITE_MIN and self.layer.sync_pwrite:
+            pool().submit(self._write_in_thread, req, self.layer.sync_pwrite)
+            return
         if req.cmd == _READ and req.length >= THREAD_SEND_MIN:
             layer = self.layer
             if layer.sendfile_fd is not None and USE_SENDFILE:
@@ -329,6 +337,23 @@ class NbdConnection:
             out = [replies.error(req.cookie, exc.errno or errno.EIO, structured, str(exc))]
         self.wire.send_blocking(out)
         self._finished.append(req)  # deque.append is atomic; one wake-up serves many
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._reap_threaded)
+
+    def _write_in_thread(self, req: Request, writer: Callable[[int, Any, bool], None]) -> None:
+        """A large write to a raw file on an I/O thread: write, reply, recycle the buffer."""
+        try:
+            writer(req.offset, req.payload, bool(req.flags & _FUA))
+            out = replies.ok(req.cookie)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+            out = replies.error(req.cookie, errno.ENOSPC if err in (errno.EDQUOT, errno.EFBIG)
+                                else err, self.core.negotiated.structured, str(exc))
+        self.wire.send_blocking([out])
+        self.server.payloads.put(req.payload)
+        req.payload = None
+        self._finished.append(req)
         if not self._wake_pending:
             self._wake_pending = True
             self.loop.call_soon_threadsafe(self._reap_threaded)
@@ -406,6 +431,7 @@ class NbdServer:
         self.exports = exports
         self.max_queued = max_queued
         self.connections: set[NbdConnection] = set()
+        self.payloads = PayloadPool()
         self._listeners: list[tuple[socket.socket, asyncio.Task[None]]] = []
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
