@@ -4,11 +4,20 @@
 ``ImageInfo``.  When the daemon serves the medium already, ``live_image``
 finds the format driver at the bottom of the open stack so the header is
 read from the object that owns the file instead of a second open.
+
+Remote media (``iscsi://`` locations, format ``iscsi``) have no file:
+``remote_info`` logs in, reads the LUN's facts (READ CAPACITY 16, VPD 83h
+identity; ``RemoteLun.info``) and logs out; a served one answers from its
+open ``RemoteLun``.  ``stored_url`` is the form the registry keeps: the
+``user%secret`` userinfo loses its secret and ``target_password=`` is
+dropped (``secret_file=`` / ``secret_env=`` stay: they name where the secret
+is, not the secret), so the registry never holds a CHAP secret.
 """
 
 from __future__ import annotations
 
 import os
+import uuid as uuidlib
 
 from blockyard.block.formats import open_image, probe
 from blockyard.block.formats.base import ImageInfo, ImageLayer
@@ -38,10 +47,67 @@ def live_image(layer: Layer | None) -> ImageLayer | None:
     return None
 
 
-async def medium_info(ctx: Context, m: Medium) -> ImageInfo:
-    image = live_image(ctx.live.open_layer(m.uuid)) if ctx.live else None
+# ---- remote media -----------------------------------------------------------------------
+REMOTE_FORMAT = "iscsi"
+# Registry UUIDs of remote LUNs: uuid5(REMOTE_NAMESPACE, VPD 83h identity), stable per LUN.
+REMOTE_NAMESPACE = uuidlib.UUID("9beda132-119a-4ce5-a267-f29e3d54bb90")
+PROBE_LOGIN_TIMEOUT = 5.0
+
+
+def is_remote(location: str) -> bool:
+    return location.startswith("iscsi://")
+
+
+def stored_url(url: str) -> str:
+    """``url`` checked, without its secrets (see the module docstring)."""
+    from blockyard.iscsi.url import parse_url
+
+    parse_url(url, environ={"BLOCKYARD_ISCSI_SECRET": "-", "BLOCKYARD_ISCSI_TARGET_SECRET": "-"})
+    head, sep, query = url.partition("?")
+    auth, at, location = head[len("iscsi://"):].rpartition("@")
+    if at:
+        head = f"iscsi://{auth.partition('%')[0]}@{location}"
+    keep = [item for item in query.split("&") if item and
+            item.partition("=")[0] != "target_password"] if sep else []
+    return head + ("?" + "&".join(keep) if keep else "")
+
+
+def remote_uuid(info: ImageInfo, location: str) -> tuple[str, str]:
+    """(registry UUID, uuid_source) of a remote LUN: from its identity when it has one."""
+    if info.uuid:
+        return str(uuidlib.uuid5(REMOTE_NAMESPACE, info.uuid.lower())), "image"
+    return str(uuidlib.uuid4()), "registry"
+
+
+async def remote_info(url: str) -> ImageInfo:
+    """Log in to ``url``, read the LUN's facts, log out (no reconnect rounds)."""
+    from blockyard.transport.iscsi_initiator import open_remote
+
+    lun = await open_remote(url, read_only=True, reconnect_for=0,
+                            login_timeout=PROBE_LOGIN_TIMEOUT, nop_interval=0)
+    try:
+        return lun.info()
+    finally:
+        await lun.close()
+
+
+def _live_info(layer: Layer | None) -> ImageInfo | None:
+    image = live_image(layer)
     if image is not None:
         return image.info()
+    while layer is not None:  # a RemoteLun at the bottom of the stack
+        if getattr(layer, "info", None) is not None and layer.inner is None:
+            return layer.info()  # type: ignore[attr-defined,no-any-return]
+        layer = layer.inner
+    return None
+
+
+async def medium_info(ctx: Context, m: Medium) -> ImageInfo:
+    found = _live_info(ctx.live.open_layer(m.uuid)) if ctx.live else None
+    if found is not None:
+        return found
+    if is_remote(m.location):
+        return await remote_info(m.location)
     return (await inspect_file(m.location, m.format))[1]
 
 
@@ -59,6 +125,6 @@ async def recheck(ctx: Context, m: Medium) -> dict[str, object]:
 
 def quick_accessible(m: Medium) -> tuple[bool, str]:
     """A stat-only check for listings: a vanished file shows inaccessible at once."""
-    if not os.path.exists(m.location):
+    if not is_remote(m.location) and not os.path.exists(m.location):
         return False, f"{m.location}: no such file"
     return m.accessible, m.last_error

@@ -16,6 +16,17 @@ Rules kept here, VirtualBox's:
 * ``release`` detaches a medium from every slot; ``clear-inaccessible``
   forgets DVD and floppy media whose file is gone (never hard disks).
 
+Remote media: ``add`` of an ``iscsi://`` URL logs in to the LUN and registers
+it as a hard disk of format ``iscsi`` -- size from READ CAPACITY 16, UUID
+derived from its VPD 83h identity (so the same LUN reached by another
+address is refused like a copy), the URL stored without secrets
+(``inspect.stored_url``).
+
+Bandwidth groups (``bandwidth_*``) live in the registry; with a daemon
+running, every change is also applied to its live ``BandwidthGroups``
+(``ctx.live.groups``), so a new limit reaches requests not yet started at
+once.  A group that media still use is not removed; the error names them.
+
 ``modify`` and ``clone`` live in ``modify``; controllers and attachments in
 ``attach_ops``.
 """
@@ -32,7 +43,17 @@ from blockyard.block.formats.base import ImageInfo
 from blockyard.errors import ConfigError, ConflictError, MediaError, NotFoundError
 from blockyard.media import files
 from blockyard.media.context import Context, locked_medium
-from blockyard.media.inspect import inspect_file, medium_info, quick_accessible, recheck
+from blockyard.media.inspect import (
+    REMOTE_FORMAT,
+    inspect_file,
+    is_remote,
+    medium_info,
+    quick_accessible,
+    recheck,
+    remote_info,
+    remote_uuid,
+    stored_url,
+)
 from blockyard.media.model import DEFAULT_MODE, KINDS, WRITE_MODES, Medium
 from blockyard.media.registry import Registry
 from blockyard.util.units import parse_size
@@ -88,6 +109,12 @@ async def media_add(ctx: Context, path: str, kind: str | None = None,
     """Register an existing image (or create it first with ``create_size``)."""
     check_choice(kind, KINDS, "medium kind")
     check_choice(write_mode, WRITE_MODES, "write mode")
+    if is_remote(path):
+        if create_size is not None or parent or kind not in (None, "hdd") or \
+                format not in (None, REMOTE_FORMAT):
+            raise ConfigError(f"{stored_url(path)}: a remote LUN is registered as it is: a "
+                              "hard disk of format iscsi, without --create or --parent")
+        return await _add_remote(ctx, path, write_mode, description)
     path = files.absolute(path)
     created = False
     if create_size is not None:
@@ -116,6 +143,30 @@ def _new_medium(ctx: Context, path: str, fmt: str, info: ImageInfo, kind: str | 
         write_mode=write_mode or DEFAULT_MODE[kind], description=description,
         virtual_size=info.virtual_size, allocated_size=info.allocated_size,
         uuid_source=source)
+
+
+async def _add_remote(ctx: Context, url: str, write_mode: str | None,
+                      description: str) -> dict[str, JSON]:
+    location = stored_url(url)
+    info = await remote_info(url)
+    uid, source = remote_uuid(info, location)
+    m = Medium(uuid=uid, kind="hdd", format=REMOTE_FORMAT, location=location,
+               write_mode=write_mode or DEFAULT_MODE["hdd"],
+               description=description or _remote_description(info),
+               virtual_size=info.virtual_size, uuid_source=source)
+    ctx.registry.transact(lambda: _insert_new(ctx.registry, m, info))
+    d = view(ctx, m)
+    d["identity"] = info.uuid
+    if location.split("?")[0] != url.split("?")[0] or "target_password" in url:
+        d["warning"] = ("the CHAP secret was not stored; opening the medium reads it from "
+                        "$BLOCKYARD_ISCSI_SECRET unless the URL names secret_file= or "
+                        "secret_env=")
+    return d
+
+
+def _remote_description(info: ImageInfo) -> str:
+    extra = info.extra
+    return " ".join(str(extra.get(k, "")).strip() for k in ("vendor", "product")).strip()
 
 
 def _parent_uuid(ctx: Context, path: str, info: ImageInfo, parent: str | None) -> str | None:
@@ -168,6 +219,9 @@ def _refuse_if_used(ctx: Context, m: Medium) -> None:
 
 async def media_remove(ctx: Context, ref: str, delete: bool = False) -> dict[str, JSON]:
     async with locked_medium(ctx, ref) as m:
+        if delete and is_remote(m.location):
+            raise ConfigError(f"{m.location} is a remote LUN: there is no file to delete; "
+                              "remove it without --delete")
         doomed = [m.location]
         if delete and os.path.exists(m.location):
             doomed = await _files_of(m)
@@ -238,3 +292,111 @@ def _update(ctx: Context, uuid: str, changes: dict[str, Any]) -> None:
 
 def _delete(ctx: Context, uuid: str) -> None:
     ctx.registry.transact(lambda: ctx.registry.delete_medium(uuid))
+
+
+# ---- bandwidth groups ------------------------------------------------------------------------
+NO_GROUP = "none"  # ``--bandwidth-group none``: take the medium out of its group
+
+
+def _live_groups(ctx: Context) -> Any:
+    """The daemon's ``BandwidthGroups`` (None without a daemon)."""
+    return getattr(ctx.live, "groups", None) if ctx.live is not None else None
+
+
+def _sync_groups(ctx: Context) -> None:
+    groups = _live_groups(ctx)
+    if groups is not None:
+        groups.sync(dict(ctx.registry.bandwidth_groups()))
+
+
+def _label(m: Medium) -> str:
+    return m.location if is_remote(m.location) else m.name
+
+
+def _group_view(ctx: Context, name: str, limit: int) -> dict[str, JSON]:
+    from blockyard.util.limits import format_limit
+
+    d: dict[str, JSON] = {"name": name, "limit": limit, "limit_text": format_limit(limit),
+                          "media": [_label(m) for m in ctx.registry.group_users(name)]}
+    groups = _live_groups(ctx)
+    if groups is not None and name in groups:
+        d["waiting"] = groups.get(name).waiting
+    return d
+
+
+def _group_rate(name: str, limit: int | str) -> int:
+    from blockyard.block.bandwidth import as_rate, check_group_name
+
+    check_group_name(name)
+    return as_rate(limit)
+
+
+async def bandwidth_list(ctx: Context) -> list[dict[str, JSON]]:
+    return [_group_view(ctx, n, lim) for n, lim in ctx.registry.bandwidth_groups()]
+
+
+async def bandwidth_add(ctx: Context, name: str, limit: int | str) -> dict[str, JSON]:
+    rate = _group_rate(name, limit)
+    if name.lower() == NO_GROUP:
+        raise ConfigError(f"{name!r} means no group (medium modify --bandwidth-group none); "
+                          "pick another name")
+
+    def add() -> None:
+        if name in dict(ctx.registry.bandwidth_groups()):
+            raise ConflictError(f"bandwidth group {name!r} already exists")
+        ctx.registry.put_bandwidth_group(name, rate)
+    ctx.registry.transact(add)
+    _sync_groups(ctx)
+    return _group_view(ctx, name, rate)
+
+
+async def bandwidth_set(ctx: Context, name: str, limit: int | str) -> dict[str, JSON]:
+    rate = _group_rate(name, limit)
+
+    def put() -> None:
+        ctx.registry.bandwidth_group(name)  # NotFoundError
+        ctx.registry.put_bandwidth_group(name, rate)
+    ctx.registry.transact(put)
+    _sync_groups(ctx)
+    return _group_view(ctx, name, rate)
+
+
+async def bandwidth_remove(ctx: Context, name: str) -> dict[str, JSON]:
+    def remove() -> None:
+        ctx.registry.bandwidth_group(name)
+        users = ctx.registry.group_users(name)
+        if users:
+            raise ConflictError(f"bandwidth group {name!r} is used by: "
+                                f"{', '.join(_label(m) for m in users)}")
+        ctx.registry.delete_bandwidth_group(name)
+    ctx.registry.transact(remove)
+    _sync_groups(ctx)
+    return {"removed": name}
+
+
+async def media_bandwidth_group(ctx: Context, ref: str, group: str) -> dict[str, JSON]:
+    """Put medium ``ref`` in bandwidth group ``group`` ("none": in no group).
+
+    While the medium is served, the daemon moves its sessions to the new group
+    at once (``LiveServer.regroup``, which may refuse).
+    """
+    name = None if group.lower() == NO_GROUP else group
+    async with locked_medium(ctx, ref) as m:
+        if name is not None:
+            ctx.registry.bandwidth_group(name)  # NotFoundError names it
+        regroup = getattr(ctx.live, "regroup", None) if ctx.live is not None else None
+        if regroup is not None and name != m.bandwidth_group:
+            regroup(m.uuid, name)
+        _update(ctx, m.uuid, {"bandwidth_group": name})
+        now = ctx.registry.medium(m.uuid)
+        assert now is not None
+        return view(ctx, now)
+
+
+BANDWIDTH_OPERATIONS = {
+    "bandwidth.list": bandwidth_list,
+    "bandwidth.add": bandwidth_add,
+    "bandwidth.set": bandwidth_set,
+    "bandwidth.remove": bandwidth_remove,
+    "media.bandwidth_group": media_bandwidth_group,
+}

@@ -176,6 +176,31 @@ class Registry:
         self.conn.execute("DELETE FROM attachments WHERE controller = ? AND port = ?",
                           (controller, port))
 
+    # ---- bandwidth groups (writes inside transact) ------------------------------------------
+    def bandwidth_groups(self) -> list[tuple[str, int]]:
+        """``(name, bytes per second)`` of every group, by name; 0 = unlimited."""
+        rows = self._all("SELECT name, limit_bps FROM bandwidth_groups ORDER BY name")
+        return [(r["name"], r["limit_bps"]) for r in rows]
+
+    def bandwidth_group(self, name: str) -> int:
+        rows = self._all("SELECT limit_bps FROM bandwidth_groups WHERE name = ?", name)
+        if not rows:
+            raise NotFoundError(f"no bandwidth group named {name!r}")
+        return int(rows[0]["limit_bps"])
+
+    def group_users(self, name: str) -> list[Medium]:
+        """The media in bandwidth group ``name``."""
+        rows = self._all("SELECT * FROM media WHERE bandwidth_group = ? ORDER BY location", name)
+        return [_medium(r) for r in rows]
+
+    def put_bandwidth_group(self, name: str, limit: int) -> None:
+        self.conn.execute("INSERT INTO bandwidth_groups (name, limit_bps) VALUES (?, ?) "
+                          "ON CONFLICT (name) DO UPDATE SET limit_bps = excluded.limit_bps",
+                          (name, limit))
+
+    def delete_bandwidth_group(self, name: str) -> None:
+        self.conn.execute("DELETE FROM bandwidth_groups WHERE name = ?", (name,))
+
     # ---- consistency --------------------------------------------------------------------------
     def integrity(self) -> list[str]:
         """Problems SQLite finds (``integrity_check`` + ``foreign_key_check``); [] when sound."""
