@@ -22,7 +22,21 @@ This module builds the part below the bandwidth group:
   A normal medium's stack sits in a ``SwapLayer`` so a snapshot can replace
   its chain under connected sessions (media/snapshots.py).
 
-Host cache and bandwidth groups wrap the result in the daemon.
+Host cache, remote media, bandwidth groups (the daemon passes them in):
+
+* ``host_cache=False`` (the controller's policy): a raw medium without a
+  parent opens as ``UncachedRawImage`` -- ``DirectFile``'s O_DIRECT I/O and
+  write cache (block/hostcache.py) with ``RawImage``'s facts; other formats
+  and chains go through the page cache as before;
+* a remote medium (``iscsi://``, format ``iscsi``) cannot be opened here
+  (logging in is asynchronous): the caller opens it with
+  ``open_remote_medium`` and hands it in as ``opened``.  The host cache
+  never applies to it;
+* ``bandwidth(layer, owns_inner)`` wraps what sessions get in the medium's
+  bandwidth group (``BandwidthGroups.wrap(layer, group, None)``): the shared
+  stack for normal, writethrough, shareable and readonly media, each
+  client's differencing image for immutable and multiattach ones (the shared
+  base below it is not wrapped, so no byte is charged twice).
 """
 
 from __future__ import annotations
@@ -36,8 +50,11 @@ from blockyard.block.chain_find import close_now
 from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
+from blockyard.block.formats.rawimage import RawImage
+from blockyard.block.hostcache_direct import DirectFile, DirectIOUnsupported
 from blockyard.block.layer import Layer
-from blockyard.block.writemode import MediumHub
+from blockyard.block.remote import RemoteLun
+from blockyard.block.writemode import DiffFactory, MediumHub
 from blockyard.errors import MediaError
 from blockyard.media.chain_open import ClientDiffs, open_chain, top_image
 from blockyard.media.model import Medium
@@ -91,9 +108,34 @@ def open_file(medium: Medium, *, read_only: bool) -> ImageLayer:
     return open_image(medium.location, read_only=read_only, fmt=medium.format)
 
 
-def open_visible(medium: Medium, lookup: Lookup, *, read_only: bool) -> Layer:
+class UncachedRawImage(DirectFile, RawImage):
+    """A raw medium with the host cache off: DirectFile's I/O, RawImage's facts."""
+
+
+def open_uncached(medium: Medium, *, read_only: bool) -> ImageLayer:
+    """A raw file without the page cache; buffered where the filesystem refuses O_DIRECT."""
+    try:
+        return UncachedRawImage(medium.location, read_only=read_only)
+    except DirectIOUnsupported as exc:
+        log.warning("%s; host cache stays on for this medium", exc)
+        return RawImage(medium.location, read_only=read_only)
+
+
+def open_visible(medium: Medium, lookup: Lookup, *, read_only: bool,
+                 host_cache: bool = True) -> Layer:
     """The disk as a client sees it: the chain when there is a parent, else the file."""
+    if not host_cache and medium.format == "raw" and not medium.parent_uuid:
+        return open_uncached(medium, read_only=read_only)
     return CHAIN_OPENER(medium, lookup, read_only=read_only)
+
+
+async def open_remote_medium(medium: Medium, *, read_only: bool) -> Layer:
+    """A registered ``iscsi://`` medium through the integrated initiator."""
+    from blockyard.transport.iscsi_initiator import open_remote
+
+    if not medium.accessible:
+        raise MediaError(f"{medium.location}: medium is inaccessible: {medium.last_error}")
+    return await open_remote(medium.location, read_only=read_only or opens_read_only(medium))
 
 
 def has_children(medium: Medium, children: Children | None) -> bool:
@@ -108,7 +150,8 @@ def has_children(medium: Medium, children: Children | None) -> bool:
 
 
 def build(medium: Medium, lookup: Lookup, *, children: Children | None = None,
-          read_only: bool = False) -> Layer:
+          read_only: bool = False, host_cache: bool = True,
+          opened: Layer | None = None) -> Layer:
     """The shared stack that serves ``medium`` (see the module docstring)."""
     if not medium.accessible:
         raise MediaError(f"{medium.location}: medium is inaccessible: {medium.last_error}")
@@ -116,7 +159,8 @@ def build(medium: Medium, lookup: Lookup, *, children: Children | None = None,
     if wrap is None:
         raise MediaError(f"{medium.location}: unknown write mode {medium.write_mode!r}")
     read_only = read_only or has_children(medium, children)
-    base = open_visible(medium, lookup, read_only=read_only or opens_read_only(medium))
+    base = opened or open_visible(medium, lookup, read_only=read_only or
+                                  opens_read_only(medium), host_cache=host_cache)
     layer = wrap(base, medium)
     return ReadOnly(layer) if read_only and not layer.read_only else layer
 
@@ -133,21 +177,42 @@ def _fixed_size(layer: Layer) -> bool:
     try:
         return top_image(layer).info().variant in ("fixed", "flat")
     except MediaError:
-        return False
+        while layer.inner is not None:
+            layer = layer.inner
+        return isinstance(layer, RemoteLun)  # a LUN's size is fixed by its target
+
+
+# Wraps a session's layer in the medium's bandwidth group: (layer, owns_inner) -> layer.
+SessionWrap = Callable[[Layer, bool], Layer]
+DIFF_MODES = ("immutable", "multiattach")
+
+
+def _wrapped(factory: DiffFactory, bandwidth: SessionWrap) -> DiffFactory:
+    async def open_for(client: str, reset: bool) -> Layer:
+        return bandwidth(await factory(client, reset), True)
+    return open_for
 
 
 def serve(medium: Medium, lookup: Lookup, *, state_dir: Path,
-          children: Children | None = None, read_only: bool = False) -> Served:
+          children: Children | None = None, read_only: bool = False,
+          host_cache: bool = True, opened: Layer | None = None,
+          bandwidth: SessionWrap | None = None) -> Served:
     """``build`` plus the write-mode hub every session of the medium goes through."""
     read_only = read_only or medium.kind == "dvd" or has_children(medium, children)
     mode = "readonly" if read_only else medium.write_mode
-    layer = build(medium, lookup, read_only=read_only)
+    layer = build(medium, lookup, read_only=read_only, host_cache=host_cache, opened=opened)
     try:
         if mode == "normal":
             layer = SwapLayer(layer)
-        factory = ClientDiffs(medium, layer, state_dir) if mode in (
-            "immutable", "multiattach") else None
-        hub = MediumHub(medium.name, layer, mode=mode, autoreset=medium.autoreset,
+        factory: DiffFactory | None = ClientDiffs(medium, layer, state_dir) if mode in \
+            DIFF_MODES else None
+        shared = layer
+        if bandwidth is not None:
+            if factory is not None:
+                factory = _wrapped(factory, bandwidth)
+            else:
+                shared = bandwidth(layer, False)
+        hub = MediumHub(medium.name, shared, mode=mode, autoreset=medium.autoreset,
                         fixed_size=_fixed_size(layer), diff_factory=factory)
     except BaseException:
         close_now(layer)
