@@ -139,7 +139,18 @@ class VdiImage(MappedImage):
             return await self._read_parent(block * self.block_size + inner, n)
         return bytes(n)
 
+    async def _touch(self) -> None:
+        """§1.2: a new modification UUID on the first change after open, written before
+        the change, so a child made on this image can tell it has changed since."""
+        async with self._lock:
+            if not self._renewed:
+                self.h.uuid_modification = uuid.uuid4()
+                self._renewed = True
+                await run_blocking(L.write_header, self.file.fd, self.h)
+
     async def _pwrite(self, offset: int, data: Buffer, fua: bool) -> None:
+        if not self._renewed:
+            await self._touch()
         mv = memoryview(data)
         pos = 0
         allocated = False
@@ -217,11 +228,15 @@ class VdiImage(MappedImage):
     # ---- zero, trim, extents --------------------------------------------------------
     async def _zero(self, offset: int, length: int, may_trim: bool, fast: bool,
                     fua: bool) -> None:
+        if not self._renewed:
+            await self._touch()
         await self._discard(offset, length, True)
         if fua:
             await self._flush()
 
     async def _trim(self, offset: int, length: int, fua: bool) -> None:
+        if not self._renewed:
+            await self._touch()
         await self._discard(offset, length, False)
         if fua:
             await self._flush()
