@@ -16,8 +16,19 @@ LUN -- see the same bytes through one object.
   The last export of a medium gone, its stack is flushed and closed.
 
 Observers (``on_attach`` / ``on_detach``, plain or async callables taking
-``(attachment, layer)``) are how the iSCSI target will follow: a
-controller is a target, an attachment a LUN.
+``(attachment, layer)``) are how the iSCSI target follows
+(``control.iscsi_live``): a controller is a target, an attachment a LUN,
+served from the same ``OpenMedium`` (layer and hub) as the NBD export.
+
+Opening applies the controller's host-cache policy (``host_cache`` off: raw
+media bypass the page cache; remote media never use it) and the medium's
+bandwidth group: ``groups`` is the server's one ``BandwidthGroups``, and
+every session layer the medium's hub hands out is wrapped in the group
+(``GroupBinding``), so NBD and iSCSI sessions share it.  ``regroup`` moves a
+served medium's sessions from one group to another at once; putting a
+served medium into a group, or taking it out, waits for its next opening
+and is refused meanwhile (VirtualBox, too, changes an attachment's group
+only while the VM is off; limits change live).
 """
 
 from __future__ import annotations
@@ -25,14 +36,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from blockyard.block.bandwidth import BandwidthGroups
 from blockyard.block.layer import Layer
+from blockyard.block.throttle import ThrottleLayer
 from blockyard.block.writemode import MediumHub
 from blockyard.errors import BlockError, ConflictError
 from blockyard.media import builder
+from blockyard.media.inspect import is_remote
 from blockyard.media.model import Attachment, Medium
 from blockyard.media.registry import Registry
 from blockyard.transport.nbd_server import Export, NbdServer
@@ -41,20 +56,53 @@ log = logging.getLogger("blockyard.daemon")
 Observer = Callable[[Attachment, Layer], Any]
 
 
+class GroupBinding:
+    """One open medium's bandwidth group and the throttle layers charged to it."""
+
+    def __init__(self, groups: BandwidthGroups, name: str | None) -> None:
+        if name is not None:
+            groups.get(name)  # NotFoundError before anything is opened
+        self.groups = groups
+        self.name = name
+        self.layers: weakref.WeakSet[ThrottleLayer] = weakref.WeakSet()
+
+    def wrap(self, layer: Layer, owns_inner: bool) -> Layer:
+        if self.name is None:
+            return layer
+        wrapped = self.groups.wrap(layer, self.name, None, owns_inner=owns_inner)
+        assert isinstance(wrapped, ThrottleLayer)
+        self.layers.add(wrapped)
+        return wrapped
+
+    def rebind(self, label: str, name: str | None) -> None:
+        if name == self.name:
+            return
+        if name is None or self.name is None:
+            raise ConflictError(f"{label} is being served: it can move between bandwidth "
+                                "groups now, but enters or leaves one only when it is next "
+                                "opened; detach it first")
+        group = self.groups.get(name)
+        for layer in list(self.layers):
+            layer.group = group
+        self.name = name
+
+
 @dataclass
 class OpenMedium:
     layer: Layer
     hub: MediumHub | None = None  # write-mode policy shared by every session
     exports: set[str] = field(default_factory=set)
+    bandwidth: GroupBinding | None = None
 
 
 class LiveServer:
     def __init__(self, registry: Registry, nbd: NbdServer, *, read_only: bool = False,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, groups: BandwidthGroups | None = None) -> None:
         self.registry = registry
         self.nbd = nbd
         self.read_only = read_only
         self.grace = grace
+        self.groups = groups if groups is not None else BandwidthGroups()
         self.open: dict[str, OpenMedium] = {}
         self.on_attach: list[Observer] = []
         self.on_detach: list[Observer] = []
@@ -74,15 +122,37 @@ class LiveServer:
             raise ConflictError(f"the server already has an export named {att.export_name!r}")
         om = self.open.get(medium.uuid)
         if om is None:
-            served = builder.serve(medium, self._lookup, state_dir=self.registry.state_dir,
-                                   children=self.registry.children, read_only=self.read_only)
-            om = self.open[medium.uuid] = OpenMedium(served.layer, served.hub)
+            om = self.open[medium.uuid] = await self._open(att, medium)
         om.exports.add(att.export_name)
         read_only = om.hub.mode == "readonly" if om.hub else om.layer.read_only
         self.nbd.exports.add(Export(att.export_name, om.layer, medium.description,
                                     read_only, hub=om.hub))
         log.info("attached %s at %s as export %s", medium.location, att.slot, att.export_name)
         await _notify(self.on_attach, att, om.layer)
+
+    async def _open(self, att: Attachment, medium: Medium) -> OpenMedium:
+        """The medium's shared stack under its controller's host cache and its group."""
+        binding = GroupBinding(self.groups, medium.bandwidth_group)
+        remote = is_remote(medium.location)
+        opened = await builder.open_remote_medium(medium, read_only=self.read_only) \
+            if remote else None
+        try:
+            served = builder.serve(
+                medium, self._lookup, state_dir=self.registry.state_dir,
+                children=self.registry.children, read_only=self.read_only,
+                host_cache=remote or self.registry.controller(att.controller).host_cache,
+                opened=opened, bandwidth=binding.wrap)
+        except BaseException:
+            if opened is not None:
+                await opened.close()
+            raise
+        return OpenMedium(served.layer, served.hub, bandwidth=binding)
+
+    def regroup(self, uuid: str, name: str | None) -> None:
+        """Medium ``uuid`` is now in bandwidth group ``name`` (see the module docstring)."""
+        om = self.open.get(uuid)
+        if om is not None and om.bandwidth is not None:
+            om.bandwidth.rebind(self._lookup(uuid).name, name)
 
     async def detach(self, att: Attachment) -> int:
         export = self.nbd.exports.remove(att.export_name)
