@@ -127,29 +127,45 @@ class SparseExtent(VmdkExtent):
             self._leave(e)
 
     async def _read_runs(self, off: int, length: int) -> Buffer:
+        """Read a multi-grain range, joining grains that are contiguous in the file; a
+        range that is one run in the file is a single pread with no copy."""
         assert self.raw is not None
+        runs = self._plan_runs(off, length)
+        if len(runs) == 1 and runs[0][0] == "file" and runs[0][2] == length:
+            return await self.raw._pread(runs[0][3], length)
         out = bytearray(length)
-        pos = run_at = run_len = run_file = 0
+        for kind, pos, n, where in runs:
+            if kind == "file":
+                out[pos:pos + n] = await self.raw._pread(where, n)
+            elif kind == "compressed":
+                g, within = divmod(off + pos, self.grain)
+                out[pos:pos + n] = (await self._grain_data(g, where))[within:within + n]
+            elif kind == "backing" and self.backing is not None:
+                out[pos:pos + n] = await self.backing(self.start + off + pos, n)
+        return out
+
+    def _plan_runs(self, off: int, length: int) -> list[tuple[str, int, int, int]]:
+        """(kind, position in the request, length, file offset or GTE) per run."""
+        runs: list[tuple[str, int, int, int]] = []
+        pos = 0
         while pos < length:
             g, within = divmod(off + pos, self.grain)
             n = min(self.grain - within, length - pos)
             v = self.gte(g)
             if self.is_data(v) and not self.h.compressed:
                 fo = v * SECTOR + within
-                if run_len and run_file + run_len == fo and run_at + run_len == pos:
-                    run_len += n
+                last = runs[-1] if runs else None
+                if last and last[0] == "file" and last[3] + last[2] == fo \
+                        and last[1] + last[2] == pos:
+                    runs[-1] = ("file", last[1], last[2] + n, last[3])
                 else:
-                    if run_len:
-                        out[run_at:run_at + run_len] = await self.raw._pread(run_file, run_len)
-                    run_at, run_file, run_len = pos, fo, n
+                    runs.append(("file", pos, n, fo))
             elif self.is_data(v):
-                out[pos:pos + n] = (await self._grain_data(g, v))[within:within + n]
+                runs.append(("compressed", pos, n, v))
             elif v == 0 and self.backing is not None:
-                out[pos:pos + n] = await self.backing(self.start + off + pos, n)
+                runs.append(("backing", pos, n, 0))
             pos += n
-        if run_len:
-            out[run_at:run_at + run_len] = await self.raw._pread(run_file, run_len)
-        return out
+        return runs
 
     async def _grain_data(self, g: int, v: int) -> bytes:
         """A compressed grain: marker (LBA, size) + zlib stream (§2.4)."""
