@@ -6,16 +6,23 @@ Start, in order:
 2. open the registry (``media.registry``; a crash-left WAL is replayed by
    SQLite) and apply the config's declarations (``media.declare``): the
    default config creates and attaches the 1 GiB sparse ``demo.img``;
+   declared bandwidth groups are written to the registry (their declared
+   limit wins), attachments' ``bandwidth_group`` put their media in them,
+   and the server's one ``BandwidthGroups`` is synced from the registry;
 3. re-check every medium's file (an inaccessible one is marked, not fatal);
-4. publish every attachment as an export (one that cannot be opened is
-   logged and skipped, the rest are served);
-5. listen for NBD, print ``nbd: listening on HOST:PORT`` (first line);
+4. publish every attachment as an export and, with iSCSI on, as a LUN of
+   its controller's target (``control.iscsi_live``; one that cannot be
+   opened is logged and skipped, the rest are served);
+5. listen for NBD, print ``nbd: listening on HOST:PORT`` (first line), then
+   for iSCSI (``--iscsi``, else ``[iscsi] listen``), ``iscsi: listening on
+   HOST:PORT``;
 6. open the control API on ``STATE/control.sock`` (mode 0600; a stale
    socket left by a crash is replaced, one owned by another user is an
    error) and, if configured, on TCP with a bearer token;
 7. print the banner; run until SIGTERM or SIGINT.
 
-Stop: close the control API, stop NBD (in-flight requests finish or fail
+Stop: close the control API, stop iSCSI (initiators are asked to log out),
+stop NBD (in-flight requests finish or fail
 with ESHUTDOWN after the grace period), flush and close every medium, close
 the registry, remove the socket, drop the lock.
 """
@@ -31,18 +38,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from blockyard.block.bandwidth import BandwidthGroups
 from blockyard.config import Config
 from blockyard.control.api import Api, error_response
 from blockyard.control.http import HttpServer
+from blockyard.control.iscsi_live import IscsiLive
 from blockyard.control.live import LiveServer
-from blockyard.errors import BlockyardError, ConfigError, ConflictError
+from blockyard.errors import BlockyardError, ConfigError, ConflictError, NotFoundError
 from blockyard.media import declare
 from blockyard.media.context import Context
-from blockyard.media.ops import media_refresh
+from blockyard.media.ops import media_bandwidth_group, media_refresh
 from blockyard.media.registry import Registry
-from blockyard.server import ServePlan, _start_iscsi
+from blockyard.server import parse_address
 from blockyard.transport.nbd_server import ExportTable, NbdServer
 
 log = logging.getLogger("blockyard.daemon")
@@ -108,7 +116,43 @@ async def _publish_all(ctx: Context, live: LiveServer) -> None:
             print(f"not serving {att.export_name!r}: {exc}", file=sys.stderr, flush=True)
 
 
-async def _control(plan: DaemonPlan, ctx: Context, live: LiveServer) -> HttpServer:
+async def _bandwidth(ctx: Context, cfg: Config, groups: BandwidthGroups) -> None:
+    """Declared groups into the registry, declared memberships, then the live set."""
+    declared = [(g.name, g.limit) for g in cfg.bandwidth_groups]
+
+    def put() -> None:
+        for name, limit in declared:
+            ctx.registry.put_bandwidth_group(name, limit)
+    ctx.registry.transact(put)
+    for a in cfg.attachments:
+        held = ctx.registry.attachment(a.controller, a.port) if a.bandwidth_group else None
+        if held is None:
+            continue
+        try:
+            await media_bandwidth_group(ctx, held.medium_uuid, a.bandwidth_group)
+        except NotFoundError as exc:
+            raise ConfigError(f"{cfg.source}: attachment {a.controller}:{a.port}: {exc}; "
+                              "declare it in a [[bandwidth_group]] table") from None
+    groups.sync(dict(ctx.registry.bandwidth_groups()))
+
+
+def _iscsi_addresses(plan: DaemonPlan) -> list[tuple[str, int]]:
+    return plan.iscsi or [parse_address(a, 3260) for a in plan.config.iscsi.listen]
+
+
+async def _listen_iscsi(iscsi: IscsiLive | None, addrs: list[tuple[str, int]]) -> None:
+    if iscsi is None:
+        return
+    for host, port in addrs:
+        server = await iscsi.start(host, port)
+        print(f"iscsi: listening on {server.host}:{server.port}", flush=True)
+        for t in iscsi.targets.values():
+            for lun in sorted(t.device.luns):
+                print(f"serving iscsi://{server.host}:{server.port}/{t.name}/{lun}", flush=True)
+
+
+async def _control(plan: DaemonPlan, ctx: Context, live: LiveServer,
+                   iscsi: IscsiLive | None = None) -> HttpServer:
     cfg = plan.config
     token = None
     if cfg.control.token_file:
@@ -116,7 +160,9 @@ async def _control(plan: DaemonPlan, ctx: Context, live: LiveServer) -> HttpServ
             token = Path(cfg.control.token_file).expanduser().read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{cfg.control.token_file}: cannot read: {exc.strerror}") from None
-    views = {"live.sessions": live.sessions, "live.exports": live.exports,
+    views = {"live.sessions": lambda: live.sessions() + (iscsi.sessions() if iscsi else []),
+             "live.exports": live.exports,
+             "live.targets": lambda: iscsi.describe() if iscsi else [],
              "live.health": lambda: {"ok": True, "pid": os.getpid(),
                                      "state_dir": str(plan.state_dir)}}
     http = HttpServer(Api(ctx, views).handle, error_response, token)
@@ -152,14 +198,18 @@ async def serve_registry(plan: DaemonPlan) -> int:
     lock = take_lock(plan.state_dir)
     registry = Registry(plan.state_dir)
     nbd = NbdServer(ExportTable())
-    live = LiveServer(registry, nbd, read_only=plan.read_only)
+    groups = BandwidthGroups()
+    live = LiveServer(registry, nbd, read_only=plan.read_only, groups=groups)
     ctx = Context(registry, plan.state_dir, None)
     http: HttpServer | None = None
-    stoppers: list[Any] = []
+    iscsi: IscsiLive | None = None
     try:
         await declare.apply(ctx, plan.config)
+        await _bandwidth(ctx, plan.config, groups)
         await media_refresh(ctx)
         ctx.live = live
+        if _iscsi_addresses(plan):
+            iscsi = IscsiLive(live, plan.config, grace=live.grace)
         await _publish_all(ctx, live)
         addrs = []
         for host, port in plan.nbd:
@@ -169,17 +219,16 @@ async def serve_registry(plan: DaemonPlan) -> int:
                 raise ConfigError(f"cannot listen on {host}:{port}: "
                                   f"{exc.strerror or exc}") from None
             print(f"nbd: listening on {addrs[-1][0]}:{addrs[-1][1]}", flush=True)
-        if plan.iscsi:
-            stoppers = await _start_iscsi(ServePlan([], iscsi=plan.iscsi), nbd.exports)
-        http = await _control(plan, ctx, live)
+        await _listen_iscsi(iscsi, _iscsi_addresses(plan))
+        http = await _control(plan, ctx, live, iscsi)
         _banner(addrs, nbd.exports, plan.banner)
         await _wait_for_signal()
         log.info("shutting down")
     finally:
         if http is not None:
             await http.close()
-        for stopper in stoppers:
-            await stopper()
+        if iscsi is not None:
+            await iscsi.stop()
         await nbd.stop()
         await live.close_all()
         registry.close()

@@ -23,7 +23,13 @@ be quoted, ``/`` as ``%2F``)::
     GET    /v1/attachments                   attachments.list
     POST   /v1/attachments                   attachments.add    {"controller", "medium"}
     DELETE /v1/attachments/{controller}/{port}  attachments.remove
+    POST   /v1/media/{ref}/bandwidth-group   media.bandwidth_group {"group": NAME|"none"}
+    GET    /v1/bandwidth-groups              bandwidth.list
+    POST   /v1/bandwidth-groups              bandwidth.add      {"name", "limit"}
+    PATCH  /v1/bandwidth-groups/{name}       bandwidth.set      {"limit"} (live at once)
+    DELETE /v1/bandwidth-groups/{name}       bandwidth.remove   (refused while media use it)
     GET    /v1/sessions  /v1/exports  /v1/health   live views
+    GET    /v1/targets                       live view: iSCSI targets and their LUNs
     GET    /metrics                          Prometheus text format
 
 Parameters come from the path, the query string and a JSON object body,
@@ -48,9 +54,11 @@ from blockyard.control.http import Request, Response
 from blockyard.control.metrics import render_metrics
 from blockyard.media.context import Context
 from blockyard.media.operations import OPERATIONS
+from blockyard.media.ops import BANDWIDTH_OPERATIONS
 from blockyard.media.snapshot_ops import SNAPSHOT_OPERATIONS
 
 OPERATIONS.update(SNAPSHOT_OPERATIONS)  # until media/operations.py lists them itself
+OPERATIONS.update(BANDWIDTH_OPERATIONS)  # idem
 
 log = logging.getLogger("blockyard.control")
 
@@ -75,9 +83,15 @@ ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/v1/attachments", "attachments.list"),
     ("POST", "/v1/attachments", "attachments.add"),
     ("DELETE", "/v1/attachments/{controller}/{port}", "attachments.remove"),
+    ("POST", "/v1/media/{ref}/bandwidth-group", "media.bandwidth_group"),
+    ("GET", "/v1/bandwidth-groups", "bandwidth.list"),
+    ("POST", "/v1/bandwidth-groups", "bandwidth.add"),
+    ("PATCH", "/v1/bandwidth-groups/{name}", "bandwidth.set"),
+    ("DELETE", "/v1/bandwidth-groups/{name}", "bandwidth.remove"),
     ("GET", "/v1/sessions", "live.sessions"),
     ("GET", "/v1/exports", "live.exports"),
     ("GET", "/v1/health", "live.health"),
+    ("GET", "/v1/targets", "live.targets"),
     ("GET", "/metrics", "live.metrics"),
 ]
 STATUS: dict[type[errors.BlockyardError], int] = {

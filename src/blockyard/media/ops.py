@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from blockyard.block.formats import create_image
@@ -393,7 +394,7 @@ async def media_bandwidth_group(ctx: Context, ref: str, group: str) -> dict[str,
         return view(ctx, now)
 
 
-BANDWIDTH_OPERATIONS = {
+BANDWIDTH_OPERATIONS: dict[str, Callable[..., Awaitable[Any]]] = {
     "bandwidth.list": bandwidth_list,
     "bandwidth.add": bandwidth_add,
     "bandwidth.set": bandwidth_set,
