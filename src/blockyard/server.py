@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from blockyard.block.formats import create_image, open_image, probe
+from blockyard.block.chain_find import open_chain_file
+from blockyard.block.formats import create_image, probe
 from blockyard.block.hostcache import open_raw
 from blockyard.block.layer import Layer
 from blockyard.errors import ConfigError, MediaError
@@ -86,8 +87,8 @@ def open_export(decl: ExportDecl) -> Export:
         fmt = decl.format or probe(path)
         if fmt == "raw" and not decl.host_cache:
             layer = open_raw(path, read_only=decl.read_only, host_cache=False)
-        else:
-            layer = open_image(path, read_only=decl.read_only, fmt=fmt)
+        else:  # a differencing image is served with its whole chain (block/chain_find.py)
+            layer = open_chain_file(str(path), read_only=decl.read_only, fmt=fmt)
     return Export(decl.name, layer, decl.description, decl.read_only)
 
 

@@ -22,7 +22,6 @@ one ``MediaError`` naming the child and saying what to do.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from blockyard.block.chain import ChainLayer
 from blockyard.block.chain_facts import LinkFacts, check_link, facts_of
@@ -146,16 +145,10 @@ def find_parent(child: str, link: LinkFacts) -> str:
                      "'blockyard medium add'")
 
 
-Opener = Callable[[str, bool], ImageLayer]
-
-
-def _open(path: str, read_only: bool) -> ImageLayer:
-    return open_image(path, read_only=read_only)
-
-
-def open_chain_file(path: str, *, read_only: bool = False, opener: Opener = _open) -> Layer:
-    """``path`` opened with every parent below it; a plain image when it has none."""
-    top = opener(path, read_only)
+def open_chain_file(path: str, *, read_only: bool = False, fmt: str | None = None) -> Layer:
+    """``path`` (format ``fmt``, else probed) opened with every parent below it read-only;
+    a plain image when it has none."""
+    top = open_image(path, read_only=read_only, fmt=fmt)
     images = [top]
     seen = {os.path.realpath(path)}
     try:
@@ -169,7 +162,7 @@ def open_chain_file(path: str, *, read_only: bool = False, opener: Opener = _ope
                 raise MediaError(f"{cur.path}: its parent {ppath} is already in the chain "
                                  "(a cycle); relink or discard the child")
             seen.add(os.path.realpath(ppath))
-            parent = opener(ppath, True)
+            parent = open_image(ppath, read_only=True)
             images.append(parent)
             check_link(cur.path, link, facts_of(parent))
             cur = parent
