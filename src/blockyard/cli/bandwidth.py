@@ -9,12 +9,16 @@ Limits take VBoxManage's units: a bare number is megabytes per second;
 K, M, G are kilo-, mega-, gigabytes per second (binary: M = 2^20); k, m, g
 are kilo-, mega-, gigabits per second (decimal: 1m = 125000 bytes/s).
 
-The commands work on a ``BandwidthStore`` (add / set / remove / list), a small
-protocol the media registry and the control API implement too.  ``STORE_FACTORY``
-chooses the store from the state directory (``--state-dir``, else
-``$BLOCKYARD_STATE_DIR``, else ``$XDG_STATE_HOME/blockyard``); until the
-registry provides one, it is ``JsonFileStore``: ``STATE/bandwidth_groups.json``,
-locked with flock and replaced atomically.
+The commands work on a ``BandwidthStore`` (add / set / remove / list).
+``STORE_FACTORY`` chooses the store from the state directory (``--state-dir``,
+else ``$BLOCKYARD_STATE_DIR``, else ``$XDG_STATE_HOME/blockyard``): it is
+``RegistryStore``, the media registry's ``bandwidth_groups`` table reached
+like every registry command (``cli.client.open_backend``): through the
+running server's control API -- which changes the live limit at once, for
+requests not yet started -- or straight in the database when no server runs.
+Removing a group that media still use is refused, naming them.
+``JsonFileStore`` (``STATE/bandwidth_groups.json``, flock + atomic replace) is
+the earlier stand-alone store, kept for tests and tools that want no registry.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from blockyard.block.bandwidth import check_group_name
-from blockyard.cli.client import state_dir_of
+from blockyard.cli.client import open_backend, state_dir_of
 from blockyard.errors import BlockyardError, ConfigError, ConflictError, NotFoundError
 from blockyard.util.limits import check_rate, describe_limit, format_limit, parse_limit
 
@@ -113,7 +117,33 @@ def json_store(state_dir: Path) -> BandwidthStore:
     return JsonFileStore(state_dir / STORE_FILE)
 
 
-STORE_FACTORY: Callable[[Path], BandwidthStore] = json_store
+class RegistryStore:
+    """Groups in the media registry, via the running server or the database (module doc)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def _call(self, op: str, **params: Any) -> Any:
+        return open_backend(self.state_dir).call(op, **params)
+
+    def add(self, name: str, limit: int) -> None:
+        self._call("bandwidth.add", name=name, limit=limit)
+
+    def set(self, name: str, limit: int) -> None:
+        self._call("bandwidth.set", name=name, limit=limit)
+
+    def remove(self, name: str) -> None:
+        self._call("bandwidth.remove", name=name)
+
+    def list(self) -> list[tuple[str, int]]:
+        return [(g["name"], int(g["limit"])) for g in self._call("bandwidth.list")]
+
+
+def registry_store(state_dir: Path) -> BandwidthStore:
+    return RegistryStore(state_dir)
+
+
+STORE_FACTORY: Callable[[Path], BandwidthStore] = registry_store
 
 
 # ---- the commands -------------------------------------------------------------------------

@@ -16,7 +16,15 @@ registration here means one command never does half of the other's job.
 Names: a medium is named by UUID (or a unique prefix of 8+ characters), by
 path, or by file name when that is unique.  Anything that looks like a path
 (has a ``/`` or exists here) is made absolute in the CLI, since the server
-does not share our working directory.
+does not share our working directory; an ``iscsi://`` URL is passed as it is.
+
+Remote media: ``blockyard medium add iscsi://[user[%secret]@]host[:port]/IQN/LUN``
+registers a LUN of a remote target (the server logs in to it when it is
+attached); the registry keeps the URL without its secret.
+
+Bandwidth groups: ``blockyard medium modify X --bandwidth-group NAME`` puts
+a medium in a group (``none``: in no group); the groups themselves are
+``blockyard bandwidth add|set|remove|list``.
 """
 
 from __future__ import annotations
@@ -41,6 +49,8 @@ def ref(text: str) -> str:
 
 def path(text: str) -> str:
     """A file argument, always made absolute here (the server has another cwd)."""
+    if text.startswith("iscsi://"):
+        return text  # a remote LUN, not a file
     p = os.path.abspath(os.path.expanduser(text))
     return os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
 
@@ -75,6 +85,8 @@ def _add(args: argparse.Namespace) -> int:
              parent=ref(args.parent) if args.parent else None, create_size=args.create,
              variant=args.variant)
     _show(args, m, f"registered {m['location']} as {m['uuid']} ({m['kind']}, {m['format']})")
+    if m.get("warning") and not args.json:
+        print(f"warning: {m['warning']}")
     return 0
 
 
@@ -106,9 +118,17 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _modify(args: argparse.Namespace) -> int:
-    m = call(args, "media.modify", ref=ref(args.medium), write_mode=args.type,
-             autoreset=args.autoreset, description=args.description, resize=args.resize,
-             compact=args.compact or None, move=path(args.move) if args.move else None)
+    medium = ref(args.medium)
+    m = None
+    changes = (args.type, args.autoreset, args.description, args.resize, args.move)
+    if any(c is not None for c in changes) or args.compact or args.bandwidth_group is None:
+        m = call(args, "media.modify", ref=medium, write_mode=args.type,
+                 autoreset=args.autoreset, description=args.description, resize=args.resize,
+                 compact=args.compact or None, move=path(args.move) if args.move else None)
+        medium = m["uuid"]
+    if args.bandwidth_group is not None:
+        m = call(args, "media.bandwidth_group", ref=medium, group=args.bandwidth_group)
+    assert m is not None
     _show(args, m, f"{m['location']}: modified")
     return 0
 
@@ -223,8 +243,9 @@ def _merge_info(p: argparse.ArgumentParser) -> None:
 
 
 def _b_add(sub: Sub) -> None:
-    p = _parser(sub, "add", _add, "register an existing image (or --create one)")
-    p.add_argument("file", metavar="FILE")
+    p = _parser(sub, "add", _add, "register an existing image (or --create one), or a remote "
+                "LUN by its iscsi:// URL")
+    p.add_argument("file", metavar="FILE|URL")
     _common_medium_opts(p)
     p.add_argument("--description", default="")
     p.add_argument("--format", help="image format (default: probe the content)")
@@ -261,6 +282,8 @@ def _b_modify(sub: Sub) -> None:
     p.add_argument("--resize", type=size_arg, metavar="SIZE")
     p.add_argument("--compact", action="store_true")
     p.add_argument("--move", metavar="NEW_PATH", help="move the file(s); references follow")
+    p.add_argument("--bandwidth-group", metavar="NAME|none",
+                   help="put the medium in this bandwidth group (none: in no group)")
 
 
 def _b_remove(sub: Sub) -> None:
