@@ -321,7 +321,10 @@ def _group_view(ctx: Context, name: str, limit: int) -> dict[str, JSON]:
                           "media": [_label(m) for m in ctx.registry.group_users(name)]}
     groups = _live_groups(ctx)
     if groups is not None and name in groups:
-        d["waiting"] = groups.get(name).waiting
+        group = groups.get(name)
+        d["waiting"] = group.waiting
+        # bytes admitted per session key ("nbd:PEER", "iscsi:IQN"): who uses the group
+        d["sessions"] = {str(k): v for k, v in group._sched.admitted.items()}
     return d
 
 
