@@ -34,7 +34,8 @@ return fewer bytes of extents than asked (at least one byte), never more.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -50,6 +51,67 @@ _ZERO_CHUNK = 1 << 20
 class Extent(NamedTuple):
     length: int
     flags: int
+
+
+Run = tuple[int, int, int]  # fd, offset in the file, length
+
+
+class FileMap(list[Run]):
+    """What ``Layer.sync_map`` answers: ``(fd, file offset, length)`` runs that hold a
+    request's bytes, in request order, plus a pin.
+
+    Until ``release()`` the layer keeps those file bytes meaning what they meant when
+    it answered: no block is moved, reused or truncated away.  Call ``release`` once,
+    from any thread, when the bytes have been read or sent; a second call does nothing.
+    """
+
+    __slots__ = ("_release",)
+
+    def __init__(self, runs: Iterable[Run] = (),
+                 release: Callable[[], None] | None = None) -> None:
+        super().__init__(runs)
+        self._release = release
+
+    def add(self, fd: int, offset: int, length: int) -> None:
+        """Append a run, joining it to the last one when it continues it in the file."""
+        if self and self[-1][0] == fd and self[-1][1] + self[-1][2] == offset:
+            self[-1] = (fd, self[-1][1], self[-1][2] + length)
+        else:
+            self.append((fd, offset, length))
+
+    def on_release(self, release: Callable[[], None]) -> FileMap:
+        self._release = release
+        return self
+
+    def release(self) -> None:
+        fn, self._release = self._release, None
+        if fn is not None:
+            fn()
+
+    def split_tail(self, nbytes: int) -> tuple[list[Run], bytearray]:
+        """For a transport that queues the runs to send them later: the runs without
+        their last ``nbytes`` (at most), and those bytes read now into a buffer that
+        releases this map when it is freed.  Queue the buffer after the runs; when it
+        has been sent or dropped so have they, and the map is released.  OSError from
+        the read leaves the map pinned: the caller releases it."""
+        fd, offset, length = self[-1]
+        k = min(nbytes, length)
+        runs = self[:-1] + ([(fd, offset, length - k)] if length > k else [])
+        data = os.pread(fd, k, offset + length - k)
+        return runs, _ReleasingTail(data + bytes(k - len(data)), self)
+
+
+class _ReleasingTail(bytearray):
+    """The last bytes of a mapped read; freeing the buffer releases the map."""
+
+    __slots__ = ("_map",)
+
+    def __init__(self, data: bytes, fmap: FileMap) -> None:
+        super().__init__(data)
+        self._map = fmap
+
+    def __del__(self) -> None:
+        self._map.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +138,14 @@ class Layer:
     # A thread-safe blocking writer ``(offset, data, fua) -> None`` that keeps no
     # reference to ``data`` once it returns (a raw file); None otherwise.
     sync_pwrite: Callable[[int, Buffer, bool], None] | None = None
+    # A thread-safe mapper ``(offset, length) -> FileMap | None``: the (fd, file offset,
+    # length) runs whose bytes are exactly the request's bytes, when every byte of it is
+    # data stored plainly in files; None when any byte comes from elsewhere (a hole or
+    # zero block, a parent, compressed data), lies outside the layer, or while the layer
+    # moves blocks or runs maintenance -- then use ``pread``.  It never changes the
+    # layer's state; the runs stay valid until ``FileMap.release()``, so a transport may
+    # send them with sendfile(2) later, from any thread.
+    sync_map: Callable[[int, int], FileMap | None] | None = None
 
     def __init__(self, inner: Layer | None = None) -> None:
         self.inner = inner

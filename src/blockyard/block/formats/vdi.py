@@ -53,7 +53,7 @@ from blockyard.block.formats.vdi_vhd_common import (
     preallocate,
     zeros,
 )
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, FileMap
 from blockyard.block.raw import RawFile
 from blockyard.errors import MediaError
 from blockyard.util.aio import run_blocking
@@ -138,6 +138,15 @@ class VdiImage(MappedImage):
         if self.is_diff and self.bmap[block] == L.BLOCK_FREE:  # §1.3: diff reads the parent
             return await self._read_parent(block * self.block_size + inner, n)
         return bytes(n)
+
+    def _map_into(self, fmap: FileMap, offset: int, length: int) -> bool:
+        bmap, h, fd = self.bmap, self.h, self.file.fd  # the pinned gate holds them still
+        for block, inner, n in self.pieces(offset, length):
+            slot = bmap[block]
+            if slot >= L.BLOCK_ZERO:  # zero, or free (zeros, or the parent's data)
+                return False
+            fmap.add(fd, h.slot_offset(slot) + inner, n)
+        return True
 
     async def _touch(self) -> None:
         """§1.2: a new modification UUID on the first change after open, written before

@@ -5,21 +5,24 @@
   changes run under one ``asyncio.Lock``, and ``flush`` publishes the
   metadata kept in memory (``_publish``, §7 of image-formats.md).
 * ``IoGate``: lets lock-free data I/O run concurrently and lets a block move
-  run alone.
+  run alone; ``sync_map`` answers (``Layer.sync_map``) pin it from any thread
+  until the transport has sent their bytes.
 * ``plan_moves``: which blocks to move into which holes when compacting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from blockyard.block.formats.base import ImageLayer
-from blockyard.block.layer import Buffer, Layer
+from blockyard.block.layer import Buffer, FileMap, Layer
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError, MediaError
 from blockyard.util import fallocate as fa
@@ -41,7 +44,9 @@ class IoGate:
     """Lock-free data I/O runs concurrently; ``exclusive()`` waits it out and holds it off.
 
     Block moves (squeeze, compact) and slot frees use it so that no read or
-    write is in flight on a slot whose meaning changes.
+    write is in flight on a slot whose meaning changes.  Requests on the loop
+    ``enter``/``leave``; any thread may ``pin``/``unpin`` (a mapped read whose
+    runs are still to be sent), refused while an exclusive holder waits or runs.
     """
 
     def __init__(self) -> None:
@@ -50,6 +55,36 @@ class IoGate:
         self._open.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._pin_lock = threading.Lock()  # guards the three below, never a system call
+        self._pins = 0
+        self._pinnable = True
+        self._unpinned: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def pin(self) -> bool:
+        """From any thread: hold the gate open until ``unpin``; False while it is closing."""
+        with self._pin_lock:
+            if not self._pinnable:
+                return False
+            self._pins += 1
+            return True
+
+    def unpin(self) -> None:
+        with self._pin_lock:
+            self._pins -= 1
+            waiter = None if self._pins else self._unpinned
+            if waiter is not None:
+                self._unpinned = None
+        if waiter is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody waits any more
+                waiter[0].call_soon_threadsafe(waiter[1].set)
+
+    async def _pins_gone(self) -> None:
+        with self._pin_lock:
+            if not self._pins:
+                return
+            event = asyncio.Event()
+            self._unpinned = (asyncio.get_running_loop(), event)
+        await event.wait()
 
     async def enter(self) -> None:
         while not self._open.is_set():
@@ -67,10 +102,16 @@ class IoGate:
         while not self._open.is_set():  # another exclusive holder
             await self._open.wait()
         self._open.clear()
+        with self._pin_lock:
+            self._pinnable = False
         try:
             await self._idle.wait()
+            await self._pins_gone()
             yield
         finally:
+            with self._pin_lock:
+                self._pinnable = True
+                self._unpinned = None
             self._open.set()
 
 
@@ -88,6 +129,7 @@ class MappedImage(ImageLayer):
         self.read_only = file.read_only
         self._lock = asyncio.Lock()
         self._gate = IoGate()
+        self.sync_map = self._sync_map
 
     @property
     def can_flush(self) -> bool:
@@ -132,6 +174,28 @@ class MappedImage(ImageLayer):
 
     async def _read_piece(self, block: int, inner: int, n: int) -> Buffer:
         raise NotImplementedError
+
+    def _sync_map(self, offset: int, length: int) -> FileMap | None:
+        """``Layer.sync_map``: the gate pinned (so no block moves) while the runs are used."""
+        if offset < 0 or length <= 0 or offset + length > self.size or self.file.fd < 0:
+            return None
+        if not self._gate.pin():
+            return None
+        fmap = FileMap()
+        try:
+            mapped = self._map_into(fmap, offset, length)
+        except BaseException:
+            self._gate.unpin()
+            raise
+        if not mapped:
+            self._gate.unpin()
+            return None
+        return fmap.on_release(self._gate.unpin)
+
+    def _map_into(self, fmap: FileMap, offset: int, length: int) -> bool:
+        """Add the file runs of the range to ``fmap``; False when some byte is not plain
+        data in this file.  Runs on any thread with the gate pinned: reads, never changes."""
+        return False
 
     def _punch(self, offset: int, length: int) -> None:
         try:

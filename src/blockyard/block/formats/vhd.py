@@ -45,10 +45,12 @@ from blockyard.block.formats.vdi_vhd_common import (
     is_zero,
     preallocate,
 )
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, FileMap
 from blockyard.block.raw import RawFile
 from blockyard.errors import MediaError
 from blockyard.util.aio import run_blocking
+
+_NOT_LOADED = bytearray()  # a block whose sector bitmap is not in memory yet
 
 
 class VhdImage(MappedImage):
@@ -137,6 +139,22 @@ class VhdImage(MappedImage):
         for start, count in gaps:  # §3.3: in a differencing disk they read the parent
             out[start - inner:start - inner + count] = await self._read_parent(base + start, count)
         return out
+
+    def _map_into(self, fmap: FileMap, offset: int, length: int) -> bool:
+        fd = self.file.fd
+        if self.fixed:
+            fmap.add(fd, offset, length)
+            return True
+        bat, bitmaps = self.bat, self._bitmaps  # the pinned gate holds them still
+        for block, inner, n in self.pieces(offset, length):
+            entry = bat[block]
+            bm = bitmaps.get(block, _NOT_LOADED)  # a bit is set only after its data landed
+            if entry == V.BAT_FREE or bm is _NOT_LOADED:  # not loaded: the async path loads it
+                return False
+            if bm is not None and not all(isset for _s, _n, isset in V.runs(bm, inner, n)):
+                return False  # a clear bit reads zeros, or the parent's data
+            fmap.add(fd, entry * 512 + self._bm_bytes + inner, n)
+        return True
 
     async def _bitmap(self, block: int) -> bytearray | None:
         if block in self._bitmaps:
