@@ -24,7 +24,6 @@ SQL and registry reads; the operations are in ``snapshots.py``.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,7 +173,3 @@ def move_attachments(reg: Registry, old: str, new: str) -> None:
 
 def reparent_media(reg: Registry, old: str, new: str) -> None:
     reg.conn.execute("UPDATE media SET parent_uuid = ? WHERE parent_uuid = ?", (new, old))
-
-
-def location_free(path: str) -> bool:
-    return not os.path.lexists(path)
