@@ -52,6 +52,7 @@ REMOTE_FORMAT = "iscsi"
 # Registry UUIDs of remote LUNs: uuid5(REMOTE_NAMESPACE, VPD 83h identity), stable per LUN.
 REMOTE_NAMESPACE = uuidlib.UUID("9beda132-119a-4ce5-a267-f29e3d54bb90")
 PROBE_LOGIN_TIMEOUT = 5.0
+_SECRET_SOURCES = {"secret_file", "secret_env", "target_secret_file", "target_secret_env"}
 
 
 def is_remote(location: str) -> bool:
@@ -62,13 +63,16 @@ def stored_url(url: str) -> str:
     """``url`` checked, without its secrets (see the module docstring)."""
     from blockyard.iscsi.url import parse_url
 
-    parse_url(url, environ={"BLOCKYARD_ISCSI_SECRET": "-", "BLOCKYARD_ISCSI_TARGET_SECRET": "-"})
     head, sep, query = url.partition("?")
+    items = [item for item in query.split("&") if item] if sep else []
+    # checked without reading any secret: the sources are checked when the medium opens
+    plain = [i for i in items if i.partition("=")[0] not in _SECRET_SOURCES]
+    parse_url(head + ("?" + "&".join(plain) if plain else ""),
+              environ={"BLOCKYARD_ISCSI_SECRET": "-", "BLOCKYARD_ISCSI_TARGET_SECRET": "-"})
     auth, at, location = head[len("iscsi://"):].rpartition("@")
     if at:
         head = f"iscsi://{auth.partition('%')[0]}@{location}"
-    keep = [item for item in query.split("&") if item and
-            item.partition("=")[0] != "target_password"] if sep else []
+    keep = [i for i in items if i.partition("=")[0] != "target_password"]
     return head + ("?" + "&".join(keep) if keep else "")
 
 
