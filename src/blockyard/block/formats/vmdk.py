@@ -23,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 from blockyard.block.formats import vmdk_descriptor as vd
 from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Progress
+from blockyard.block.formats.vdi_vhd_common import IoGate
 from blockyard.block.formats.vmdk_extent import SECTOR, VmdkExtent, merge
 from blockyard.block.formats.vmdk_open import COWD, DescArea, open_vmdk
 from blockyard.block.formats.vmdk_sparse import SparseExtent
-from blockyard.block.layer import Buffer, Extent, Layer, Limits
+from blockyard.block.layer import Buffer, Extent, FileMap, Layer, Limits
 from blockyard.errors import BlockError, MediaError
 from blockyard.util.aio import run_blocking
 
@@ -59,6 +62,8 @@ class VmdkImage(ImageLayer):
         self.parent: Layer | None = None
         self._changed = False
         self._touch_lock = asyncio.Lock()
+        self._gate = IoGate()  # compact and resize hold it; sync_map answers pin it
+        self.sync_map = self._sync_map
         if desc.is_child:
             for e in extents:
                 e.set_backing(self._read_parent)
@@ -136,6 +141,25 @@ class VmdkImage(ImageLayer):
             self._allowed(e, False)
             out[a:b] = await e.read(rel, b - a)
         return out
+
+    def _sync_map(self, offset: int, length: int) -> FileMap | None:
+        """``Layer.sync_map``: every extent's runs or None; the gate (so no compact or
+        resize) and each sparse extent's epoch stay pinned until the map is released."""
+        if offset < 0 or length <= 0 or offset + length > self.size or not self._gate.pin():
+            return None
+        pins = [self._gate.unpin]
+        fmap = FileMap(release=functools.partial(_release_all, pins))
+        try:
+            for e, rel, a, b in self._pieces(offset, length):
+                pin = e.sync_map(rel, b - a, fmap) if e.access != "NOACCESS" else None
+                if pin is None:
+                    fmap.release()
+                    return None
+                pins.append(pin)
+        except BaseException:
+            fmap.release()
+            raise
+        return fmap
 
     async def _touch(self) -> None:
         """First change after open: dirty marks, then a new CID (§2.1, §7)."""
@@ -234,14 +258,21 @@ class VmdkImage(ImageLayer):
     async def compact(self, progress: Progress | None = None) -> int:
         from blockyard.block.formats.vmdk_maint import compact_image
 
-        return await compact_image(self, progress)
+        async with self._gate.exclusive():  # grains move: no mapped read may be in flight
+            return await compact_image(self, progress)
 
     async def resize(self, new_size: int, force: bool = False) -> None:
         from blockyard.block.formats.vmdk_resize import resize_image
 
         if self.read_only:
             raise MediaError(f"{self.path}: opened read-only, cannot resize")
-        await resize_image(self, new_size, force)
+        async with self._gate.exclusive():
+            await resize_image(self, new_size, force)
+
+
+def _release_all(pins: list[Callable[[], None]]) -> None:
+    for release in reversed(pins):
+        release()
 
 
 def _blocks(path: str) -> int:

@@ -14,12 +14,16 @@ import os
 from collections.abc import Awaitable, Callable
 
 from blockyard.block.formats.base import CheckReport
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, FileMap
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError
 
 SECTOR = 512
 Backing = Callable[[int, int], Awaitable[Buffer]]  # (virtual offset, length) -> data
+
+
+def _nothing() -> None:
+    pass
 
 
 def merge(out: list[Extent], length: int, flags: int) -> None:
@@ -54,6 +58,12 @@ class VmdkExtent:
 
     async def extents(self, off: int, length: int) -> list[Extent]:
         return [Extent(length, 0)]
+
+    def sync_map(self, off: int, length: int, fmap: FileMap) -> Callable[[], None] | None:
+        """``Layer.sync_map`` for this extent: add the file runs of the range to ``fmap``
+        and return what releases them, or None when some byte is not plain file data
+        (the caller then drops ``fmap``).  Any thread; reads, never changes."""
+        return None
 
     async def mark_dirty(self) -> None:
         """Called once before the first change after open."""
@@ -129,6 +139,13 @@ class FlatExtent(VmdkExtent):
         if inside < length:
             merge(out, length - inside, HOLE | ZERO)
         return out
+
+    def sync_map(self, off: int, length: int, fmap: FileMap) -> Callable[[], None] | None:
+        raw = self.raw
+        if raw is None or raw.fd < 0 or self.base + off + length > self.file_size():
+            return None  # past the end of the file reads zeros
+        fmap.add(raw.fd, self.base + off, length)
+        return _nothing  # no metadata: only resize moves data, under the image's gate
 
     def check(self, report: CheckReport, repair: bool) -> None:
         if self.file_size() < self.base + self.size:

@@ -29,15 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import struct
 import sys
+import threading
 import zlib
 from array import array
+from collections.abc import Callable
 
 from blockyard.block.formats.vmdk_extent import SECTOR, Backing, VmdkExtent, merge
 from blockyard.block.formats.vmdk_layout import GTE_ZEROED, SparseHeader, Tables, holes
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, FileMap
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError
 
@@ -80,6 +83,8 @@ class SparseExtent(VmdkExtent):
         self.free: list[int] = [] if compressed else holes(header, tables, ALIGN)[::-1]
         self.epoch = 0  # bumped by every flush
         self.active: dict[int, int] = {}  # epoch -> requests started in it, still running
+        self.mapped: dict[int, int] = {}  # epoch -> sync_map answers not yet released
+        self._map_lock = threading.Lock()  # guards ``mapped`` and the epoch's increment
         self.marked = False
         self.backing: Backing | None = None
         self._cache: tuple[int, bytes] | None = None  # last decompressed grain
@@ -108,6 +113,36 @@ class SparseExtent(VmdkExtent):
             self.active[e] = left
         else:
             del self.active[e]
+
+    def _pin(self) -> int:
+        """From any thread: like ``_enter``, for a mapped read still to be sent."""
+        with self._map_lock:
+            e = self.epoch
+            self.mapped[e] = self.mapped.get(e, 0) + 1
+            return e
+
+    def _unpin(self, e: int) -> None:
+        with self._map_lock:
+            left = self.mapped[e] - 1
+            if left:
+                self.mapped[e] = left
+            else:
+                del self.mapped[e]
+
+    def sync_map(self, off: int, length: int, fmap: FileMap) -> Callable[[], None] | None:
+        """Plain grains only: none compressed, zeroed, unallocated or the parent's.  The
+        epoch stays pinned until release, so a grain freed meanwhile is not reused."""
+        raw = self.raw
+        if raw is None or raw.fd < 0 or self.h.compressed:
+            return None
+        e = self._pin()  # before the lookup: a grain freed after it is freed in epoch >= e
+        runs = self._plan_runs(off, length)
+        if sum(n for kind, _pos, n, _where in runs if kind == "file") != length:
+            self._unpin(e)
+            return None
+        for _kind, _pos, n, where in runs:
+            fmap.add(raw.fd, where, n)
+        return functools.partial(self._unpin, e)
 
     # ---- read ------------------------------------------------------------------------
     async def read(self, off: int, length: int) -> Buffer:
@@ -384,11 +419,13 @@ class SparseExtent(VmdkExtent):
         self._recycle()
 
     def _recycle(self) -> None:
-        oldest = min(self.active, default=self.epoch + 1)
-        keep = [(e, fo) for e, fo in self.freed if e >= oldest]
-        self.free.extend(fo for e, fo in self.freed if e < oldest)
-        self.freed = keep
-        self.epoch += 1
+        with self._map_lock:
+            oldest = min(min(self.active, default=self.epoch + 1),
+                         min(self.mapped, default=self.epoch + 1))
+            keep = [(e, fo) for e, fo in self.freed if e >= oldest]
+            self.free.extend(fo for e, fo in self.freed if e < oldest)
+            self.freed = keep
+            self.epoch += 1
 
     async def _write_gt(self, i: int, first: int, count: int) -> None:
         assert self.raw is not None
