@@ -6,12 +6,26 @@ import os
 from typing import Any
 
 from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Progress
+from blockyard.block.layer import FileMap
 from blockyard.block.raw import RawFile
 from blockyard.errors import MediaError
 
 
 class RawImage(RawFile, ImageLayer):
     format_name = "raw"
+
+    def __init__(self, path: str | os.PathLike[str], **kw: Any) -> None:
+        super().__init__(path, **kw)
+        self.sync_map = self._map_whole
+
+    def _map_whole(self, offset: int, length: int) -> FileMap | None:
+        """``Layer.sync_map``: the file is the disk, so one run at the same offset --
+        while the file offers ``sendfile_fd`` (not once closed, nor when a subclass
+        reads around the page cache)."""
+        fd = self.sendfile_fd
+        if fd is None or offset < 0 or length <= 0 or offset + length > self.size:
+            return None
+        return FileMap([(fd, offset, length)])
 
     @staticmethod
     def probe(head: bytes, size: int) -> bool:
