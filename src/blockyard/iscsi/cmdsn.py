@@ -34,7 +34,7 @@ class CommandWindow(Generic[T]):
 
     @property
     def max_cmdsn(self) -> int:
-        return sn_add(self.exp_cmdsn, self.depth - 1)
+        return (self.exp_cmdsn + self.depth - 1) & 0xFFFFFFFF
 
     def in_window(self, cmdsn: int) -> bool:
         return in_window(cmdsn, self.exp_cmdsn, self.max_cmdsn)
@@ -58,8 +58,9 @@ class CommandWindow(Generic[T]):
             self._early[cmdsn] = item
             return []
         ready = [item]
-        self.exp_cmdsn = sn_add(cmdsn, 1)
-        self._release(ready)
+        self.exp_cmdsn = (cmdsn + 1) & 0xFFFFFFFF
+        if self._early:
+            self._release(ready)
         return ready
 
     def fill(self, cmdsn: int) -> list[T] | None:

@@ -32,7 +32,6 @@ from blockyard.iscsi.constants import (
     RejectReason,
 )
 from blockyard.iscsi.events import CommandReady
-from blockyard.iscsi.pdu import decode_lun
 from blockyard.iscsi.pdu_initiator import DataOut, ScsiCommandPdu
 from blockyard.iscsi.pdu_target import pack_data_in, pack_r2t, pack_scsi_response
 from blockyard.iscsi.tasks import (
@@ -79,23 +78,25 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
     if immediate and len(tasks) >= 2 * conn.portal.cmd_window:
         raise RemoteProtocolError("too many immediate commands",
                                   RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
-    task = Task(itt, decode_lun(pdu.lun), pdu.lun, cmdsn, immediate, pdu.cdb, pdu.edtl,
-                pdu.read, pdu.write, pdu.attr, pdu.bidi_read_length)
+    write, edtl, lun = pdu.write, pdu.edtl, pdu.lun
+    task = Task(itt, (lun >> 48) & 0x3FFF, lun, cmdsn, immediate, pdu.cdb, edtl,  # decode_lun
+                pdu.read, write, pdu.attr, pdu.bidi_read_length)
     ready = None if immediate else w.arrive(cmdsn, task)
     tasks[itt] = task
-    if pdu.write:
-        conn.write_bytes += pdu.edtl
-    if pdu.write and (pdu.edtl > conn.portal.max_write or
-                      conn.write_bytes > conn.portal.max_write_buffer):
-        too_large = pdu.edtl > conn.portal.max_write
-        _refuse(conn, task, pdu, TOO_LARGE if too_large else b"", 0x02 if too_large else 0x28)
-        if ready:
-            conn.in_order(ready)  # the refused task is skipped; others released with it run
-        return
-    if pdu.write or pdu.data:
+    if write:
+        conn.write_bytes += edtl
+        portal = conn.portal
+        if edtl > portal.max_write or conn.write_bytes > portal.max_write_buffer:
+            too_large = edtl > portal.max_write
+            _refuse(conn, task, pdu, TOO_LARGE if too_large else b"",
+                    0x02 if too_large else 0x28)
+            if ready:
+                conn.in_order(ready)  # the refused task is skipped; others released with it run
+            return
+    if write or pdu.data:
         task.start_write(pdu.data, pdu.final, conn.params)
-    if task.state == SOLICITING:
-        send_r2ts(conn, task)
+        if task.state == SOLICITING:
+            send_r2ts(conn, task)
     if immediate:
         if task.state == READY:
             deliver(conn, task)
@@ -188,14 +189,22 @@ def send_r2ts(conn: TargetConnection, task: Task) -> None:
 def send_result(conn: TargetConnection, task: Task, result: ScsiResult) -> None:
     status, sense, data = result.status, result.sense, result.data
     n = len(data)
-    if (task.read and not task.write and n == task.edtl and not sense and status == 0
-            and n <= conn.params.peer_max_recv_data_segment
-            and n <= conn.params.max_burst_length and n):
-        w = conn.window  # the common read: one Data-In with the status
-        task.responses += 1
-        conn.emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS, 0, n, 0, task.itt, RESERVED_TAG,
-                               conn.next_statsn(), w.exp_cmdsn, w.max_cmdsn, 0, 0, 0), data)
-        return
+    if not status and not sense:
+        if task.read:  # the common read: one Data-In with the status (phase collapse)
+            p = conn.params
+            if not task.write and n == task.edtl and 0 < n <= p.peer_max_recv_data_segment \
+                    and n <= p.max_burst_length:
+                w = conn.window
+                task.responses += 1
+                conn.emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS, 0, n, 0, task.itt,
+                                       RESERVED_TAG, conn.next_statsn(), w.exp_cmdsn,
+                                       w.max_cmdsn, 0, 0, 0), data)
+                return
+        elif task.write and result.data_out_used == task.edtl and not n:
+            w = conn.window  # the common write: GOOD, no residual
+            conn.emit(pack_scsi_response(0, 0, 0, 0, task.itt, conn.next_statsn(),
+                                         w.exp_cmdsn, w.max_cmdsn, task.responses, 0, 0))
+            return
     status = int(status)
     flags = residual = bidi_flags = bidi = n = 0
     if task.read:  # §11.4.5: residuals against the expected length of each direction

@@ -136,7 +136,7 @@ class TargetConnection:
         """The next event, or NEED_DATA.  A fatal peer error raises RemoteProtocolError."""
         events = self.events
         while not events:
-            if self.state is State.CLOSED:
+            if self._state is State.CLOSED:
                 return NEED_DATA
             try:
                 pdu = self.reader.next_pdu()
@@ -287,14 +287,16 @@ class TargetConnection:
         """The SCSI layer finished the task ``itt``: send its Data-In and status."""
         task = self.tasks.get(itt)
         if task is None or task.state not in (EXECUTING, ABORTED):
-            if self.state is not State.FULL_FEATURE:
+            if self._state is not State.FULL_FEATURE:
                 return  # the session ended while the command ran
             raise LocalProtocolError(f"complete_command for unknown task 0x{itt:08x}")
-        self.drop_task(task)
+        del self.tasks[itt]  # drop_task
+        if task.write:
+            self.write_bytes -= task.edtl
         if task.state == ABORTED:
             control.aborted_task_done(self, task)
             return
-        if self.state is State.FULL_FEATURE:
+        if self._state is State.FULL_FEATURE:
             datapath.send_result(self, task, result)
 
     # ---- timers ------------------------------------------------------------------------

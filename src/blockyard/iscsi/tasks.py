@@ -49,6 +49,11 @@ TOO_MUCH_DATA = _sense(0x4B, 0x02)  # TOO MUCH WRITE DATA
 TOO_LARGE = bytes([0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0, 0, 0])
 
 
+# Shared empty placeholders (never mutated: ``next_r2ts`` and ``fail`` replace them)
+_NO_R2TS: dict[int, R2TState] = {}
+_NO_SEQS: set[int] = set()
+
+
 class DataOutError(Exception):
     """A Data-Out sequence went wrong: the task fails with ``sense``."""
 
@@ -94,12 +99,12 @@ class Task:
         self.unsol_datasn = 0
         self.next_offset = 0
         self.r2tsn = 0
-        self.r2ts: dict[int, R2TState] = {}
+        self.r2ts: dict[int, R2TState] = _NO_R2TS  # a dict of its own from the first R2T
         self.responses = 0  # R2T + Data-In PDUs sent, for ExpDataSN (§11.4.8)
         self.aborted_by: int | None = None  # ITT of the TMF waiting for this task
         self.sense = b""  # set when a Data-Out sequence failed (FAILED)
         self.fail_status = 0x02  # CHECK CONDITION, or TASK SET FULL (28h, no sense)
-        self.open_seqs: set[int] = set()  # sequences still to end (TTTs; 0xffffffff unsolicited)
+        self.open_seqs: set[int] = _NO_SEQS  # sequences still to end (set by ``fail``)
 
     # ---- the data-out side ----------------------------------------------------------
     def start_write(self, immediate: Buffer, final: bool, params: Params) -> None:
@@ -176,6 +181,8 @@ class Task:
     def next_r2ts(self, params: Params, new_ttt: object) -> list[R2TState]:
         """Open as many R2Ts as MaxOutstandingR2T allows (§13.17), each <= MaxBurstLength."""
         out = []
+        if self.r2ts is _NO_R2TS:
+            self.r2ts = {}
         while len(self.r2ts) < params.max_outstanding_r2t and self.next_offset < self.edtl:
             length = min(params.max_burst_length, self.edtl - self.next_offset)
             r2t = R2TState(new_ttt(), self.r2tsn, self.next_offset, length)  # type: ignore[operator]
@@ -200,7 +207,7 @@ class Task:
         self.state = FAILED
         self.sense = sense
         self.buf = None
-        self.r2ts.clear()
+        self.r2ts = {}
 
     def sequence_pdu(self, ttt: int, final: bool) -> bool:
         """A Data-Out of a failed task; True once every open sequence has ended."""

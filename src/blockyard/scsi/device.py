@@ -21,7 +21,9 @@ REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh) on the other units (SPC-4 5.14).
 from __future__ import annotations
 
 import logging
+from collections.abc import Coroutine
 from enum import IntEnum
+from typing import Any
 
 from blockyard.scsi import fastpath
 from blockyard.scsi.cdb import check_control, encode_lun, pad_cdb, u16, u32
@@ -85,12 +87,31 @@ class ScsiTargetDevice:
             unit.notify(REPORTED_LUNS_DATA_CHANGED)
 
     # ---- commands --------------------------------------------------------------------
-    async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+    def start(self, cmd: ScsiCommand) -> ScsiResult | Coroutine[Any, Any, ScsiResult]:
+        """Begin ``cmd``: its result if it is answered at once (a READ on the fast path whose
+        data is in the page cache or goes out by reference), else the coroutine that runs
+        it, to be awaited (or stepped) by the caller.  ``execute`` is the awaitable form."""
         unit = self.luns.get(cmd.lun)
         if unit is not None and unit.fast_rw:  # READ/WRITE(10/16), nothing special going on
             io = fastpath.plan(unit, cmd)  # type: ignore[arg-type]
             if io is not None:
-                return await fastpath.run(unit, cmd, *io)  # type: ignore[arg-type]
+                offset, length, writing, fua = io
+                if writing:
+                    return fastpath.write(unit, cmd, offset, length, fua)  # type: ignore
+                done = fastpath.read_now(unit, cmd, offset, length)  # type: ignore[arg-type]
+                if done is not None:
+                    return done
+                return fastpath.read(unit, cmd, offset, length)  # type: ignore[arg-type]
+        return self._execute(cmd)
+
+    async def execute(self, cmd: ScsiCommand) -> ScsiResult:
+        started = self.start(cmd)
+        if type(started) is ScsiResult:
+            return started
+        return await started  # type: ignore[misc]
+
+    async def _execute(self, cmd: ScsiCommand) -> ScsiResult:
+        """The general path: every check of SAM-5 / SPC-4 before the handler (unit.py)."""
         try:
             cdb = pad_cdb(bytes(cmd.cdb))
             if cdb[0] == Op.REPORT_LUNS:

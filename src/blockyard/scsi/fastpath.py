@@ -20,15 +20,18 @@ nothing but the I/O:
   exactly the bytes the CDB needs arrived (no residual), and no
   read-modify-write command holds or waits for the I/O gate.
 
-When every one holds, ``run`` does what the general path would have done
-(the same layer calls, the same sense for a ``BlockError``); otherwise the
-command takes the general path, which gives the same answer or the error.
-A read the transport may send by reference (``ScsiCommand.by_reference``)
-of a layer with a ``sendfile_fd`` answers a ``FileSpan`` instead of bytes.
+When every one holds, ``read_now`` / ``read`` / ``write`` do what the general
+path would have done (the same layer calls, the same sense for a
+``BlockError``); otherwise the command takes the general path, which gives
+the same answer or the error.  A read the transport may send by reference
+(``ScsiCommand.by_reference``) of a layer with a ``sendfile_fd`` answers a
+``FileSpan`` instead of bytes; a small one of a layer with ``sync_pread``
+is read at once, without a coroutine (``ScsiTargetDevice.execute_now``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
 from typing import TYPE_CHECKING
@@ -50,10 +53,12 @@ _RW16 = struct.Struct(">xBQIxB")  # flags, lba, length, control
 _BAD_FLAGS = ~RW_FLAGS & 0xFF | 0xE0  # reserved bits and the protection field
 _NACA = 0x04
 OPCODES = frozenset({READ_10, WRITE_10, READ_16, WRITE_16})
+INLINE_READ_MAX = 64 << 10  # larger reads are awaited (the layer sends them to a thread)
+_ERRNO = {errno.EDQUOT: errno.ENOSPC, errno.EFBIG: errno.ENOSPC}
 
 
-def plan(unit: DiskUnit, cmd: ScsiCommand) -> tuple[int, int, bool] | None:
-    """``(offset, length, fua)`` in bytes if the fast path may run ``cmd``, else None."""
+def plan(unit: DiskUnit, cmd: ScsiCommand) -> tuple[int, int, bool, bool] | None:
+    """``(offset, length, write, fua)`` in bytes if the fast path may run ``cmd``."""
     cdb = cmd.cdb
     op = cdb[0]
     if (op == READ_16 or op == WRITE_16) and len(cdb) >= 16:
@@ -79,29 +84,55 @@ def plan(unit: DiskUnit, cmd: ScsiCommand) -> tuple[int, int, bool] | None:
         data = cmd.data_out
         if data is None or len(data) != length or unit.gate.busy:
             return None
-        return lba * bs, length, bool(flags & 0x08) or not unit.mode.wce
-    return lba * bs, length, False
+        return lba * bs, length, True, bool(flags & 0x08) or not unit.mode.wce
+    return lba * bs, length, False, False
 
 
-async def run(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int,
-              fua: bool) -> ScsiResult:
-    """The I/O of a command ``plan`` accepted."""
+def read_now(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> ScsiResult | None:
+    """A read ``plan`` accepted, answered without waiting when the layer allows it: as a
+    ``FileSpan`` (sent by reference) or through ``sync_pread`` (small reads, the page
+    cache); None if the read has to be awaited (``read``)."""
     layer = unit.layer
-    writing = bool(cmd.cdb[0] & 0x02)
+    if cmd.by_reference and layer.sendfile_fd is not None:
+        return ScsiResult(data=FileSpan(layer.sendfile_fd, offset, length))
+    reader = layer.sync_pread
+    if reader is None or length > INLINE_READ_MAX:
+        return None
     try:
-        if not writing:
-            if cmd.by_reference and layer.sendfile_fd is not None:
-                return ScsiResult(data=FileSpan(layer.sendfile_fd, offset, length))
-            return ScsiResult(data=await layer.pread(offset, length))
-        gate = unit.gate
-        gate.enter_shared()
-        try:
-            await layer.pwrite(offset, cmd.data_out, fua)  # type: ignore[arg-type]
-        finally:
-            gate.release(False)
+        return ScsiResult(data=reader(offset, length))
+    except OSError as exc:  # as the raw layer maps it (block/raw.py)
+        err = exc.errno or errno.EIO
+        return check_condition(block_error(BlockError(_ERRNO.get(err, err), str(exc)), False))
+    except Exception:
+        return _bug(unit, cmd)
+
+
+async def read(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> ScsiResult:
+    try:
+        return ScsiResult(data=await unit.layer.pread(offset, length))
+    except BlockError as err:
+        return check_condition(block_error(err, False))
+    except Exception:
+        return _bug(unit, cmd)
+
+
+async def write(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int,
+                fua: bool) -> ScsiResult:
+    gate = unit.gate
+    gate.enter_shared()
+    try:
+        await unit.layer.pwrite(offset, cmd.data_out, fua)  # type: ignore[arg-type]
         return ScsiResult(data_out_used=length)
     except BlockError as err:
-        return check_condition(block_error(err, writing))
-    except Exception:  # a bug: answer, log, keep the session (as LogicalUnit.execute)
-        log.exception("LUN %d: command %s failed", unit.lun, bytes(cmd.cdb[:16]).hex())
-        return check_condition(ScsiError(HARDWARE_ERROR, *INTERNAL_TARGET_FAILURE))
+        return check_condition(block_error(err, True))
+    except Exception:
+        return _bug(unit, cmd)
+    finally:
+        gate.release(False)
+
+
+def _bug(unit: DiskUnit, cmd: ScsiCommand) -> ScsiResult:
+    """Anything but a BlockError is a bug: answer, log, keep the session (as
+    ``LogicalUnit.execute`` does)."""
+    log.exception("LUN %d: command %s failed", unit.lun, bytes(cmd.cdb[:16]).hex())
+    return check_condition(ScsiError(HARDWARE_ERROR, *INTERNAL_TARGET_FAILURE))

@@ -23,7 +23,7 @@ kept per nexus.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 Buffer = bytes | bytearray | memoryview
@@ -98,7 +98,7 @@ class ScsiResult:
     data: Buffer | FileSpan = b""  # FileSpan only for commands with by_reference
     sense: bytes = b""
     data_out_used: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, object] | None = None  # transport-specific details, rarely set
 
 
 class TmfFunction(IntEnum):

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from blockyard.errors import RemoteProtocolError
@@ -47,7 +47,8 @@ from blockyard.iscsi import (
 )
 from blockyard.iscsi.discovery import format_portal
 from blockyard.scsi.task import FileSpan, ScsiCommand, ScsiResult, Status, TmfFunction
-from blockyard.transport.sockwire import FileRange, SocketWire
+from blockyard.transport.iscsi_wire import IscsiWire
+from blockyard.transport.sockwire import FileRange
 from blockyard.util.eager import run_eager
 
 if TYPE_CHECKING:
@@ -66,6 +67,10 @@ _INTERNAL_FAILURE = bytes([0x70, 0, 0x04, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x44, 0, 0
 def _failure(cmd: ScsiCommand) -> ScsiResult:
     log.exception("iscsi: command %02x on LUN %d failed", cmd.cdb[0], cmd.lun)
     return ScsiResult(Status.CHECK_CONDITION, sense=_INTERNAL_FAILURE)
+
+
+def _no_target(cmd: ScsiCommand) -> ScsiResult:
+    raise RuntimeError("SCSI command before login")
 
 
 class _Resume:
@@ -104,6 +109,7 @@ class IscsiConnection:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._busy = False
         self._threaded = False  # the corked replies hold a FileSpan or much data
+        self._start: Callable[[ScsiCommand], Any] = _no_target
         self._paused = False
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -115,7 +121,7 @@ class IscsiConnection:
         address = format_portal(local[0], local[1]) if isinstance(local, tuple) else ""
         self.core = TargetConnection(server.portal, local_address=address,
                                      now=self.loop.time(), owner=self)
-        self.wire = SocketWire(sock, self.loop, self.core.get_buffer, self._received, self._lost)
+        self.wire = IscsiWire(sock, self.loop, self.core.get_buffer, self._received, self._lost)
         server.connections.add(self)
         log.info("iscsi: connection from %s", self.peer)
         self.wire.resume_reading()
@@ -177,16 +183,23 @@ class IscsiConnection:
                   p.immediate_data)
         if not session.discovery:
             self.target = self.server.targets[session.target_name]
+            device = self.target.device
+            self._start = getattr(device, "start", device.execute)
         if event.replaced is not None and event.replaced is not self:
             cast(IscsiConnection, event.replaced).kill("session reinstated by a new login")
 
     def _on_command(self, event: CommandReady) -> None:
         """Run the command now; if the SCSI layer has to wait, finish it in a Task."""
-        assert self.target is not None
         cmd = event.command
         if cmd.expected_in >= THREAD_SEND_MIN and USE_SENDFILE and not self.core.dd:
             cmd.by_reference = True
-        coro = self.target.device.execute(cmd)
+        try:  # a result at once (page-cache reads), or the coroutine to step
+            coro = self._start(cmd)
+        except Exception:
+            coro = _failure(cmd)
+        if type(coro) is ScsiResult:
+            self._complete(event.itt, coro)
+            return
         try:
             waiting = coro.send(None)
         except StopIteration as done:
