@@ -36,6 +36,7 @@ import socket
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
+from blockyard.block.throttle import SESSION
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi import (
     NEED_DATA,
@@ -110,6 +111,7 @@ class IscsiConnection:
         self._busy = False
         self._threaded = False  # the corked replies hold a FileSpan or much data
         self._start: Callable[[ScsiCommand], Any] = _no_target
+        self.session_key = "iscsi:-"  # bandwidth groups schedule per initiator (SESSION)
         self._paused = False
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -183,10 +185,19 @@ class IscsiConnection:
                   p.immediate_data)
         if not session.discovery:
             self.target = self.server.targets[session.target_name]
+            self.session_key = f"iscsi:{session.initiator_name}"
             device = self.target.device
             self._start = getattr(device, "start", device.execute)
         if event.replaced is not None and event.replaced is not self:
             cast(IscsiConnection, event.replaced).kill("session reinstated by a new login")
+
+    def _on_command_in_session(self, event: CommandReady) -> None:
+        """``_on_command`` with the session's key in ``SESSION`` (a Task it starts keeps it)."""
+        token = SESSION.set(self.session_key)
+        try:
+            self._on_command(event)
+        finally:
+            SESSION.reset(token)
 
     def _on_command(self, event: CommandReady) -> None:
         """Run the command now; if the SCSI layer has to wait, finish it in a Task."""
@@ -325,7 +336,7 @@ class IscsiConnection:
 
 
 _EVENTS: dict[type, Any] = {
-    CommandReady: IscsiConnection._on_command,
+    CommandReady: IscsiConnection._on_command_in_session,
     LoginComplete: IscsiConnection._on_login,
     TaskManagement: IscsiConnection._on_tmf,
     SessionClosing: IscsiConnection._on_closing,
