@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockyard.block.layer import Layer
+from blockyard.block.layer import FileMap, Layer
 from blockyard.block.throttle import SESSION
 from blockyard.block.writemode import MediumHub, PolicyError
 from blockyard.errors import BlockError, BlockyardError, RemoteProtocolError
@@ -274,6 +274,9 @@ class NbdConnection:
             if layer.sendfile_fd is not None and USE_SENDFILE:
                 self._read_sendfile(req, export, layer.sendfile_fd)
                 return
+            if layer.sync_map is not None and USE_SENDFILE and \
+                    self._read_mapped(req, export, layer.sync_map):
+                return
             if layer.sync_pread is not None:
                 pool().submit(self._read_in_thread, req, export, layer.sync_pread)
                 return
@@ -322,6 +325,33 @@ class NbdConnection:
         export.stats["requests"] += 1
         export.stats["bytes"] += req.length
         self._done(req)
+
+    def _read_mapped(self, req: Request, export: Export,
+                     mapper: Callable[[int, int], FileMap | None], tail: int = 4096) -> bool:
+        """A large read of data stored plainly in image files (``Layer.sync_map``): the
+        header, the runs with sendfile(2) from an I/O thread, and the last ``tail`` bytes
+        read now into a buffer that releases the map once the wire has sent or dropped
+        it -- after the runs before it.  False when the layer cannot map the range."""
+        fmap = mapper(req.offset, req.length)
+        if fmap is None:
+            return False
+        try:
+            runs, last = fmap.split_tail(tail)
+        except OSError:
+            fmap.release()
+            return False  # the ordinary path reports the error
+        data: Any = FileRange(-1, 0, req.length)  # stands for the data in the header
+        out: Any
+        if self.core.negotiated.structured:
+            out = replies.read_structured(req.cookie, req.offset, data)
+        else:
+            out = replies.read_simple(req.cookie, data)
+        out[-1:] = [FileRange(fd, off, n) for fd, off, n in runs] + [last]
+        self.wire.send_threaded(out)
+        export.stats["requests"] += 1
+        export.stats["bytes"] += req.length
+        self._done(req)
+        return True
 
     def _read_in_thread(self, req: Request, export: Export,
                         reader: Callable[[int, int], Any]) -> None:
