@@ -97,3 +97,21 @@ async def test_is_child_only_for_differencing_images(tmp_path: Path) -> None:
     img = open_image(base, read_only=True)
     assert not is_child(img)
     await img.close()
+
+
+async def test_vhd_locators_and_a_pair_moved_together(tmp_path: Path) -> None:
+    from blockyard.block.formats import open_image
+
+    (tmp_path / "a" / "kids").mkdir(parents=True)
+    base = await make_image(tmp_path / "a" / "base.vhd", "vhd", {0: b"L" * 512})
+    child = await make_child(tmp_path / "a" / "kids" / "c.vhd", base, "vhd")
+    img = open_image(child, read_only=True)
+    info = img.info()
+    assert info.parent_hint == "base.vhd"  # §3.2: the unicode name is the file name only
+    assert dict(info.extra["parent_locators"]) == {"W2ku": str(base),
+                                                    "W2ru": ".\\..\\base.vhd"}
+    await img.close()
+    (tmp_path / "a").rename(tmp_path / "b")  # W2ku is stale now, W2ru still right
+    chain = open_chain_file(str(tmp_path / "b" / "kids" / "c.vhd"), read_only=True)
+    assert await chain.pread(0, 512) == b"L" * 512
+    await chain.close()
