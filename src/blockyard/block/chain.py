@@ -1,17 +1,21 @@
 """Differencing chains: a child image over its parents, read as one disk.
 
 architecture §3: ``... -> write mode -> differencing chain -> format driver``.
-A chain is a list of open images, top (the child clients write) first, each
-one's ``parent`` hook pointing at the next (image-formats.md §1.4, §2.5,
-§3.5); below the last image there may be a *borrowed* layer -- the shared
-read-only base of a medium that per-client differencing images sit on
-(immutable / multiattach write modes).
+A chain is a list of open images, top (the child clients write) first, then
+its parent, grandparent ... (image-formats.md §1.4, §2.5, §3.5); below the
+last image there may be a *borrowed* layer -- the shared read-only base of a
+medium that per-client differencing images sit on (immutable / multiattach
+write modes).
 
 Theory of operation:
 
 * reads go to the top image; wherever it has nothing the format driver asks
-  its ``parent`` (VDI free block, VMDK GTE 0, VHD clear bitmap bit), and so
-  on down the chain; a VDI zero block or VMDK zeroed grain masks the parent;
+  its ``parent`` hook (VDI free block, VMDK GTE 0, VHD clear bitmap bit); a
+  VDI zero block or VMDK zeroed grain masks the parent;
+* the hook of image *i* is a ``ParentView`` of images *i+1..* (and the
+  borrowed layer), which resolves a read level by level -- what this image
+  holds itself (its own extents), then the next image for the rest -- so
+  the Python stack stays flat however deep the chain is;
 * writes, trims and zeroes go to the top image only; a partial write into a
   block the top does not have is completed from the parent by the driver
   (VDI ``_fill_for_partial``, VMDK ``_base_grain``; VHD keeps per-sector
@@ -19,8 +23,8 @@ Theory of operation:
 * parents are opened read-only (a parent with children is never written
   again); the one exception is a snapshot merge, which writes into a parent
   whose content is masked by its only child until the merge completes;
-* ``extents`` resolves what the top reports as a bare HOLE (unallocated,
-  content from the parent) by asking the layers below, so block status and
+* ``extents`` resolves, level by level too, what the top reports as a bare
+  HOLE (unallocated here, content from the parent), so block status and
   sparse copies see the disk as a client does;
 * ``close`` closes the images the chain owns, never the borrowed layer.
 """
@@ -32,20 +36,125 @@ from collections.abc import Sequence
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, Layer
 
+Range = tuple[int, int]
+EXTENTS_MAX = 1 << 30  # a chain answers block status for at most this much at once
 
-def _merge(out: list[Extent], length: int, flags: int) -> None:
-    if out and out[-1].flags == flags:
-        out[-1] = Extent(out[-1].length + length, flags)
-    else:
-        out.append(Extent(length, flags))
+
+async def own_extents(layer: Layer, offset: int, length: int) -> list[Extent]:
+    """Every extent of ``layer`` itself over the range; past its end: zeros."""
+    out: list[Extent] = []
+    pos, end = offset, offset + length
+    inside = min(end, layer.size)
+    while pos < inside:
+        got = await layer.extents(pos, inside - pos)
+        if not got:
+            break
+        for e in got:
+            n = min(e.length, inside - pos)
+            out.append(Extent(n, e.flags))
+            pos += n
+            if pos >= inside:
+                break
+    if end > pos:
+        out.append(Extent(end - pos, HOLE | ZERO))
+    return out
+
+
+async def split(layer: Layer, ranges: list[Range]) -> tuple[list[tuple[int, Extent]], list[Range]]:
+    """(held, holes): the ranges ``layer`` holds itself (with flags) and those it does not."""
+    held: list[tuple[int, Extent]] = []
+    holes: list[Range] = []
+    for offset, length in ranges:
+        pos = offset
+        for e in await own_extents(layer, offset, length):
+            if e.flags == HOLE:
+                holes.append((pos, e.length))
+            else:
+                held.append((pos, e))
+            pos += e.length
+    return held, holes
+
+
+class ParentView(Layer):
+    """Read-only view of ``images`` (a parent and its parents) over ``below``."""
+
+    def __init__(self, images: Sequence[Layer], below: Layer | None) -> None:
+        super().__init__(images[0])
+        self.images = list(images)
+        self.below = below
+        self.read_only = True
+
+    async def _pread(self, offset: int, length: int) -> Buffer:
+        out = bytearray(length)
+        todo: list[Range] = [(offset, length)]
+        for img in self.images:
+            held, todo = await split(img, todo)
+            for pos, e in held:
+                if not e.flags & ZERO:
+                    out[pos - offset:pos - offset + e.length] = await img.pread(pos, e.length)
+            if not todo:
+                return out
+        for pos, n in todo:
+            if self.below is not None:
+                inside = max(0, min(n, self.below.size - pos))
+                if inside:
+                    out[pos - offset:pos - offset + inside] = await self.below.pread(pos, inside)
+        return out
+
+    async def _extents(self, offset: int, length: int) -> list[Extent]:
+        return await resolve(self.images, self.below, offset, length)
+
+    async def _close(self) -> None:
+        return None  # the chain closes the images
+
+
+def parent_of(rest: Sequence[Layer], below: Layer | None) -> Layer | None:
+    """What an image's ``parent`` hook points at, given the images below it."""
+    if not rest:
+        return below
+    if len(rest) == 1 and below is None:
+        return rest[0]
+    return ParentView(rest, below)
 
 
 def link(images: Sequence[Layer], below: Layer | None) -> None:
-    """Point each image's ``parent`` hook at the next one (the last at ``below``)."""
+    """Set each image's ``parent`` hook (module docstring)."""
     for i, img in enumerate(images):
-        parent = images[i + 1] if i + 1 < len(images) else below
         if hasattr(img, "parent"):
-            img.parent = parent  # type: ignore[attr-defined]
+            img.parent = parent_of(images[i + 1:], below)  # type: ignore[attr-defined]
+
+
+async def resolve(images: Sequence[Layer], below: Layer | None, offset: int,
+                  length: int) -> list[Extent]:
+    """The disk's extents seen from ``images[0]``: each level answers what it holds."""
+    length = min(length, EXTENTS_MAX)
+    found: list[tuple[int, Extent]] = []
+    todo: list[Range] = [(offset, length)]
+    for img in images:
+        held, todo = await split(img, todo)
+        found += held
+        if not todo:
+            break
+    for pos, n in todo:
+        if below is not None:
+            found += [(pos, e) for pos, e in _at(pos, await own_extents(below, pos, n))]
+        else:
+            found.append((pos, Extent(n, HOLE | ZERO)))
+    out: list[Extent] = []
+    for _pos, e in sorted(found, key=lambda x: x[0]):
+        if out and out[-1].flags == e.flags:
+            out[-1] = Extent(out[-1].length + e.length, e.flags)
+        else:
+            out.append(e)
+    return out
+
+
+def _at(offset: int, extents: list[Extent]) -> list[tuple[int, Extent]]:
+    out = []
+    for e in extents:
+        out.append((offset, e))
+        offset += e.length
+    return out
 
 
 class ChainLayer(Layer):
@@ -68,9 +177,8 @@ class ChainLayer(Layer):
         tail = f" -> {self.below.describe()}" if self.below is not None else ""
         return f"chain[{names}{tail}]"
 
-    # ---- reads and writes go to the top; the drivers fall through ------------------
     async def _pread(self, offset: int, length: int) -> Buffer:
-        return await self.top.pread(offset, length)
+        return await self.top.pread(offset, length)  # the drivers fall through
 
     async def _flush(self) -> None:
         for img in self.images:
@@ -78,29 +186,7 @@ class ChainLayer(Layer):
                 await img.flush()
 
     async def _extents(self, offset: int, length: int) -> list[Extent]:
-        return await self._resolve(0, offset, length)
-
-    async def _resolve(self, level: int, offset: int, length: int) -> list[Extent]:
-        """Extents of the disk as seen from ``images[level]`` down (may answer short)."""
-        layer: Layer | None = self.images[level] if level < len(self.images) else self.below
-        if layer is None:
-            return [Extent(length, HOLE | ZERO)]  # below the last parent: zeros
-        own = await layer.extents(offset, length)
-        if level >= len(self.images):
-            return own  # the borrowed base resolves itself
-        out: list[Extent] = []
-        pos = offset
-        for ext in own:
-            if ext.flags == HOLE:  # unallocated here: the parent decides
-                sub = await self._resolve(level + 1, pos, ext.length)
-                for s in sub:
-                    _merge(out, s.length, s.flags)
-                if sum(s.length for s in sub) < ext.length:
-                    return out  # the parent answered short: so do we
-            else:
-                _merge(out, ext.length, ext.flags)
-            pos += ext.length
-        return out
+        return await resolve(self.images, self.below, offset, length)
 
     async def _close(self) -> None:
         first: BaseException | None = None

@@ -28,29 +28,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from blockyard.block.chain import own_extents
 from blockyard.block.formats.vdi_vhd_common import is_zero
-from blockyard.block.layer import HOLE, ZERO, Extent, Layer
+from blockyard.block.layer import HOLE, ZERO, Layer
 
 PIECE = 1 << 20
 Range = tuple[int, int]
 Progress = Callable[[int, int], None]
-
-
-async def own_extents(img: Layer, offset: int, length: int) -> list[Extent]:
-    """Every extent of ``img`` itself over the range (the layer may answer short)."""
-    out: list[Extent] = []
-    pos, end = offset, offset + length
-    while pos < end:
-        got = await img.extents(pos, end - pos)
-        if not got:
-            break
-        for e in got:
-            n = min(e.length, end - pos)
-            out.append(Extent(n, e.flags))
-            pos += n
-            if pos >= end:
-                break
-    return out
 
 
 async def held_runs(img: Layer, ranges: list[Range]) -> list[tuple[int, int, bool]]:

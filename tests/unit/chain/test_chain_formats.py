@@ -115,3 +115,21 @@ async def test_vhd_locators_and_a_pair_moved_together(tmp_path: Path) -> None:
     chain = open_chain_file(str(tmp_path / "b" / "kids" / "c.vhd"), read_only=True)
     assert await chain.pread(0, 512) == b"L" * 512
     await chain.close()
+
+
+@pytest.mark.parametrize("fmt", ["vdi", "vhd", "vmdk"])
+async def test_a_chain_of_200_levels(tmp_path: Path, fmt: str) -> None:
+    """Reads resolve level by level: no recursion limit however deep the chain."""
+    path = await make_image(tmp_path / f"l0.{fmt}", fmt, {0: b"0" * 4096})
+    for level in range(1, 200):
+        path = await make_child(tmp_path / f"l{level}.{fmt}", path, fmt)
+        if level == 100:
+            mid = open_chain_file(str(path))
+            await mid.pwrite(8192, b"m" * 4096)
+            await mid.close()
+    chain = open_chain_file(str(path))
+    await chain.pwrite(10, b"t" * 10)
+    assert await chain.pread(0, 12288) == b"0" * 10 + b"t" * 10 + b"0" * 4076 + bytes(
+        4096) + b"m" * 4096
+    assert (await chain.extents(0, SIZE))[-1].flags == HOLE | ZERO
+    await chain.close()
