@@ -179,3 +179,15 @@ async def test_multiattach_client_refused_when_the_base_changed(server: Server) 
     b = await server.client("127.0.0.2", name)  # a client without history is fine
     assert await asyncio.to_thread(b.pread, 512, 0) == BASE
     await asyncio.to_thread(b.shutdown)
+
+
+async def test_detach_closes_client_images_with_their_unflushed_writes(server: Server) -> None:
+    name = await server.disk("u.vdi", "multiattach")
+    a = await server.client("127.0.0.1", name)
+    await asyncio.to_thread(a.pwrite, b"U" * 4096, 2 * MiB)  # a new block, never flushed
+    await attach_ops.detach(server.ctx, "c", 0)  # drains the session, closes its image
+    (diff,) = (server.tmp / "state" / "diffs").iterdir()
+    img = open_image(diff, read_only=True)
+    assert img.info().extra["blocks_allocated"] == 1  # the map reached the file
+    await img.close()
+    del a

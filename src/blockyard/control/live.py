@@ -47,6 +47,7 @@ from blockyard.block.throttle import ThrottleLayer
 from blockyard.block.writemode import MediumHub
 from blockyard.errors import BlockError, ConflictError
 from blockyard.media import builder
+from blockyard.media.chain_open import ClientDiffs
 from blockyard.media.inspect import is_remote
 from blockyard.media.model import Attachment, Medium
 from blockyard.media.registry import Registry
@@ -93,6 +94,7 @@ class OpenMedium:
     hub: MediumHub | None = None  # write-mode policy shared by every session
     exports: set[str] = field(default_factory=set)
     bandwidth: GroupBinding | None = None
+    diffs: ClientDiffs | None = None  # per-client images (immutable, multiattach)
 
 
 class LiveServer:
@@ -146,7 +148,7 @@ class LiveServer:
             if opened is not None:
                 await opened.close()
             raise
-        return OpenMedium(served.layer, served.hub, bandwidth=binding)
+        return OpenMedium(served.layer, served.hub, bandwidth=binding, diffs=served.diffs)
 
     def regroup(self, uuid: str, name: str | None) -> None:
         """Medium ``uuid`` is now in bandwidth group ``name`` (see the module docstring)."""
@@ -165,7 +167,7 @@ class LiveServer:
             await _notify(self.on_detach, att, om.layer)
             if not om.exports:
                 del self.open[att.medium_uuid]
-                await _close(om.layer)
+                await _close_medium(om)
         log.info("detached %s (export %s, %d sessions ended)", att.slot, att.export_name,
                  len(users))
         return len(users)
@@ -179,7 +181,7 @@ class LiveServer:
 
     async def close_all(self) -> None:
         for uuid in list(self.open):
-            await _close(self.open.pop(uuid).layer)
+            await _close_medium(self.open.pop(uuid))
 
     # ---- views for the control API ---------------------------------------------------------
     def sessions(self) -> list[dict[str, Any]]:
@@ -211,6 +213,18 @@ async def _notify(observers: list[Observer], att: Attachment, layer: Layer) -> N
                 await result
         except Exception:
             log.exception("attachment observer %r failed", fn)
+
+
+async def _close_medium(om: OpenMedium) -> None:
+    """Per-client differencing images first (their sessions' release tasks may not have
+    run yet, and must not be cut off at shutdown), then the shared stack."""
+    if om.hub is not None:
+        for client in om.hub.holders:
+            while client in om.hub.holders:
+                await om.hub.release(client)
+    if om.diffs is not None:
+        await om.diffs.wait_closed()  # a session's own release may still be closing it
+    await _close(om.layer)
 
 
 async def _close(layer: Layer) -> None:

@@ -171,6 +171,7 @@ class Served:
 
     layer: Layer  # the shared stack (a SwapLayer for normal media)
     hub: MediumHub
+    diffs: ClientDiffs | None = None  # immutable / multiattach: the clients' images
 
 
 def _fixed_size(layer: Layer) -> bool:
@@ -204,8 +205,8 @@ def serve(medium: Medium, lookup: Lookup, *, state_dir: Path,
     try:
         if mode == "normal":
             layer = SwapLayer(layer)
-        factory: DiffFactory | None = ClientDiffs(medium, layer, state_dir) if mode in \
-            DIFF_MODES else None
+        diffs = ClientDiffs(medium, layer, state_dir) if mode in DIFF_MODES else None
+        factory: DiffFactory | None = diffs
         shared = layer
         if bandwidth is not None:
             if factory is not None:
@@ -217,4 +218,4 @@ def serve(medium: Medium, lookup: Lookup, *, state_dir: Path,
     except BaseException:
         close_now(layer)
         raise
-    return Served(layer, hub)
+    return Served(layer, hub, diffs)

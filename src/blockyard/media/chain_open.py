@@ -20,6 +20,7 @@ is refused -- not silently discarded -- when the base changed under it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Callable
@@ -116,14 +117,46 @@ def diff_path(state_dir: Path, medium: Medium, client: str) -> Path:
     return state_dir / "diffs" / f"{medium.name}-{medium.uuid[:8]}--{who}.vdi"
 
 
+class ClientChain(ChainLayer):
+    """A client's differencing image over the shared base; tells its factory when closed."""
+
+    def __init__(self, image: ImageLayer, base: Layer, closed: Callable[[], None]) -> None:
+        super().__init__([image], below=base)
+        self._closed: Callable[[], None] | None = closed
+
+    async def _close(self) -> None:
+        try:
+            await super()._close()
+        finally:
+            done, self._closed = self._closed, None
+            if done is not None:
+                done()
+
+
 class ClientDiffs:
-    """The ``diff_factory`` of a ``MediumHub``: ``await diffs(client, reset)``."""
+    """The ``diff_factory`` of a ``MediumHub``: ``await diffs(client, reset)``.
+
+    ``wait_closed()`` returns once every client image it opened is closed (the
+    hub closes them as their sessions end; the daemon waits before it closes
+    the base, so no client's last writes are cut off).
+    """
 
     def __init__(self, medium: Medium, base: Layer, state_dir: Path) -> None:
         self.medium = medium
         self.base = base
         self.state_dir = state_dir
         self.parent = parent_facts(top_image(base), medium)
+        self.open = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def _closed(self) -> None:
+        self.open -= 1
+        if not self.open:
+            self._idle.set()
+
+    async def wait_closed(self) -> None:
+        await self._idle.wait()
 
     async def __call__(self, client: str, reset: bool) -> Layer:
         path = diff_path(self.state_dir, self.medium, client)
@@ -139,4 +172,6 @@ class ClientDiffs:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             img = create_child(str(path), self.parent, "vdi")
-        return ChainLayer([img], below=self.base)
+        self.open += 1
+        self._idle.clear()
+        return ClientChain(img, self.base, self._closed)
