@@ -159,3 +159,21 @@ async def test_a_normal_medium_has_one_client_across_protocols(daemon: Daemon) -
             refused.connect_uri(f"nbd://127.0.0.1:{daemon.nbd_port}/solo")
     h = connect(daemon.nbd_port, "solo")  # the initiator logged out: released
     h.shutdown()
+
+
+async def test_an_immutable_medium_gives_each_initiator_its_own_image(daemon: Daemon,
+                                                                      tmp_path: Path) -> None:
+    base = raw_file(tmp_path / "golden.img", 2 * MiB)
+    base.write_bytes(b"golden" * 1000 + bytes(2 * MiB - 6000))
+    cli(daemon.state, "medium", "add", str(base), "--type", "immutable")
+    cli(daemon.state, "attach", "sata0", "--port", "9", "--medium", str(base))
+    url = daemon.lun_url("sata0", 9)
+    async with remote(url, initiator_name="iqn.2026-11.org.example:one") as one, \
+            remote(url, initiator_name="iqn.2026-11.org.example:two") as two:
+        await one.pwrite(0, b"mine" * 1024)
+        assert bytes(await one.pread(0, 8)) == b"minemine"
+        assert bytes(await two.pread(0, 12)) == b"goldengolden"  # its own view of the base
+    assert base.read_bytes()[:12] == b"goldengolden"  # the base is never written
+    diffs = sorted(p.name for p in (daemon.state / "diffs").iterdir())
+    assert len(diffs) == 2 and all(d.startswith("golden.img-") for d in diffs)
+    assert diffs[0].endswith("org.example_one.vdi") and diffs[1].endswith("example_two.vdi")
