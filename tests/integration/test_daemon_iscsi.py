@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli_registry_support import cli, cli_json, connect
@@ -73,6 +74,7 @@ async def test_one_medium_over_nbd_and_iscsi_at_once(daemon: Daemon) -> None:
             await lun.flush()
             assert bytes(h.pread(len(via_iscsi), 3 * MiB)) == via_iscsi
             assert {s["protocol"] for s in _sessions(daemon)} == {"nbd", "iscsi"}
+            assert "blockyard_sessions 2" in _backend(daemon).call("live.metrics")
         h.flush()
     finally:
         h.shutdown()
@@ -81,10 +83,14 @@ async def test_one_medium_over_nbd_and_iscsi_at_once(daemon: Daemon) -> None:
         assert os.pread(f.fileno(), len(via_nbd), MiB) == via_nbd
 
 
-def _sessions(daemon: Daemon) -> list[dict[str, object]]:
+def _backend(daemon: Daemon) -> Any:
     from blockyard.cli.client import open_backend
 
-    return open_backend(daemon.state).call("live.sessions")  # type: ignore[no-any-return]
+    return open_backend(daemon.state)
+
+
+def _sessions(daemon: Daemon) -> list[dict[str, object]]:
+    return _backend(daemon).call("live.sessions")  # type: ignore[no-any-return]
 
 
 def test_libiscsi_tools_see_the_target(daemon: Daemon) -> None:

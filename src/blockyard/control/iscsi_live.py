@@ -175,7 +175,7 @@ class IscsiLive:
                 session = conn.core.session if conn.core is not None else None
                 if session is None:
                     continue
-                out.append({"protocol": "iscsi", "peer": conn.peer,
+                out.append({"protocol": "iscsi", "peer": conn.peer, "export": None,
                             "initiator": session.initiator_name,
                             "target": session.target_name or "discovery",
                             "in_flight": len(conn.tasks)})
