@@ -191,6 +191,7 @@ def bench_server(name: str, image: Path, args: argparse.Namespace, tmp: Path,
     try:
         for w in args.workloads:
             progress(f"round {rnd}: {name}: {w.name} ...")
+            os.sync()  # no writeback of the previous row's writes during this one
             try:
                 out[w.name] = run_client(w, server.uri, args, server.pid)
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:

@@ -20,10 +20,11 @@ an underflow (U); a bidirectional command reports its read side in o/u.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi.constants import (
+    CMD_WRITE,
     DATA_IN_STATUS,
     FINAL_BIT,
     RESERVED_TAG,
@@ -32,6 +33,7 @@ from blockyard.iscsi.constants import (
     RejectReason,
 )
 from blockyard.iscsi.events import CommandReady
+from blockyard.iscsi.pdu import Pdu
 from blockyard.iscsi.pdu_initiator import DataOut, ScsiCommandPdu
 from blockyard.iscsi.pdu_target import pack_data_in, pack_r2t, pack_scsi_response
 from blockyard.iscsi.tasks import (
@@ -64,7 +66,39 @@ def _residual(expected: int, actual: int) -> tuple[int, int]:
     return 0, 0
 
 
+def place(conn: TargetConnection, cls: type[Pdu], fields: tuple[Any, ...],
+          length: int) -> memoryview | None:
+    """Where the data of a large SCSI Command or Data-Out PDU whose header just arrived
+    should be received (``PduReader.sink``): the task's buffer at the PDU's offset, if
+    the PDU looks right; anything odd returns None and takes the normal path."""
+    if cls is DataOut:
+        itt, ttt, offset = fields[6], fields[7], fields[12]
+        task = conn.tasks.get(itt)
+        if task is None or task.buf is None or offset != task.received:
+            return None
+        end = offset + length
+        if ttt == RESERVED_TAG:
+            if task.state != UNSOLICITED or end > task.unsol_limit:
+                return None
+        else:
+            r2t = task.r2ts.get(ttt)
+            if task.state != SOLICITING or r2t is None or end > r2t.offset + r2t.length:
+                return None
+        task.direct = memoryview(task.buf)[offset:end]
+        return task.direct
+    if cls is ScsiCommandPdu and fields[1] & CMD_WRITE:
+        itt, edtl = fields[6], fields[7]
+        if not length <= edtl <= conn.portal.max_write or itt in conn.tasks:
+            return None
+        buf = bytearray(edtl)
+        view = memoryview(buf)[:length]
+        conn.placed = (itt, buf, view)
+        return view
+    return None
+
+
 def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
+    placed, conn.placed = conn.placed, None
     w = conn.window
     immediate, cmdsn, itt = pdu.immediate, pdu.cmdsn, pdu.itt
     if not immediate and cmdsn != w.exp_cmdsn and not w.accepts(cmdsn):
@@ -94,7 +128,9 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
                 conn.in_order(ready)  # the refused task is skipped; others released with it run
             return
     if write or pdu.data:
-        task.start_write(pdu.data, pdu.final, conn.params)
+        data = pdu.data
+        buf = placed[1] if placed is not None and data is placed[2] else None
+        task.start_write(data, pdu.final, conn.params, buf)
         if task.state == SOLICITING:
             send_r2ts(conn, task)
     if immediate:

@@ -7,6 +7,17 @@ into the reader: consumers copy what they keep (exactly once: into a write
 buffer, into ``bytes`` for text keys).  ``get_buffer``/``buffer_updated``
 let an ``asyncio.BufferedProtocol`` receive straight into that buffer.
 
+Placement (the target's large Data-Out and immediate data): with a ``sink``
+set, when the header of a PDU with at least ``MIN_PLACED`` bytes of data is
+complete but its data is not, ``sink(cls, fields, length)`` may return the
+data's destination (the command's buffer at that offset).  The data bytes
+already received are copied there once and ``get_buffer`` then hands out
+the rest of the destination, so the socket writes the payload where it
+belongs; when it is full ``next_pdu`` returns the PDU with that destination
+as its ``data``.  Only without data digests and for payloads that need no
+padding; the sink returns None for anything odd, which takes the normal
+path and its errors.
+
 ``frame()`` / ``encode_pdu()`` are the send half: a list of buffers (header
 with its digest, data, padding, data digest) for ``writelines``, so payloads
 are never joined.
@@ -21,6 +32,8 @@ Reject (§11.17).
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi.constants import BHS_SIZE, DIGEST_SIZE, MAX_DATA_SEGMENT, RejectReason
@@ -30,6 +43,10 @@ from blockyard.iscsi.pdu import DECODERS, Buffer, Pdu
 _WORD = struct.Struct(">I")
 _LE32 = struct.Struct("<I")
 _COMPACT_AT = 1 << 20
+MIN_PLACED = 65536  # smaller payloads are simply copied
+
+# (PDU class, its unpacked BHS fields, data length) -> where the data should go, or None
+Sink = Callable[[type[Pdu], tuple[Any, ...], int], memoryview | None]
 
 
 class PduRejected(RemoteProtocolError):
@@ -53,18 +70,29 @@ class PduReader:
         self._pos = 0
         self._end = 0  # bytes of _buf holding received data (get_buffer may over-allocate)
         self._views: list[memoryview] = []
+        self.sink: Sink | None = None
+        self._place: memoryview | None = None  # the destination of the PDU being placed
+        self._placed = 0  # bytes of it received
+        self._place_pdu: tuple[type[Pdu], tuple[Any, ...], bytes] | None = None
+        self._header = b""  # BHS + AHS of a placed PDU (``last_header``)
 
     # ---- input -------------------------------------------------------------------
     def feed(self, data: Buffer) -> None:
-        n = len(data)
-        if n:
-            mv = self.get_buffer(n)
-            mv[:n] = data
+        view = memoryview(data).cast("B")
+        while len(view):  # more than one piece while a payload is being placed
+            mv = self.get_buffer(len(view))
+            n = min(len(mv), len(view))
+            mv[:n] = view[:n]
             mv.release()
             self.buffer_updated(n)
+            view = view[n:]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Room for at least ``sizehint`` (or 64 KiB) more bytes, at the end of the data."""
+        """Room for at least ``sizehint`` (or 64 KiB) more bytes, at the end of the data
+        (or the rest of a payload being placed: then possibly less)."""
+        place = self._place
+        if place is not None and self._placed < len(place):
+            return place[self._placed:]
         self._release()
         want = max(sizehint, 65536)
         if self._pos == self._end:
@@ -78,6 +106,10 @@ class PduReader:
         return view
 
     def buffer_updated(self, nbytes: int) -> None:
+        place = self._place
+        if place is not None and self._placed < len(place):
+            self._placed += nbytes
+            return
         self._release()
         self._end += nbytes
 
@@ -113,6 +145,8 @@ class PduReader:
     # ---- output ------------------------------------------------------------------
     def next_pdu(self) -> Pdu | None:
         """The next complete PDU, or None until more bytes arrive."""
+        if self._place is not None:
+            return self._placed_pdu()
         if self._views:
             self._release()
         buf, pos = self._buf, self._pos
@@ -128,9 +162,13 @@ class PduReader:
         if avail < total:
             if dsl > self.max_data_segment:
                 self._too_long(dsl)
+            if dsl >= MIN_PLACED and self.sink is not None and not dd and not dsl & 3 \
+                    and avail >= hlen + hd:
+                self._try_place(pos, hlen, hd, dsl)
             return None
         self._pos = pos + total
         self._hpos, self._hlen = pos, hlen
+        self._header = b""
         if hd and crc32c(self.last_header) != _LE32.unpack_from(buf, pos + hlen)[0]:
             raise RemoteProtocolError("header digest error", RejectReason.PROTOCOL_ERROR)
         if dsl > self.max_data_segment:
@@ -153,7 +191,41 @@ class PduReader:
     @property
     def last_header(self) -> bytes:
         """BHS + AHS of the PDU ``next_pdu`` returned last (until the buffer moves on)."""
+        if self._header:
+            return self._header
         return bytes(self._buf[self._hpos:self._hpos + self._hlen])
+
+    # ---- placement -----------------------------------------------------------------
+    def _try_place(self, pos: int, hlen: int, hd: int, dsl: int) -> None:
+        """The header at ``pos`` is complete, its data is not: ask the sink where it goes."""
+        buf = self._buf
+        cls = DECODERS.get(buf[pos] & 0x3F)
+        if cls is None:
+            return
+        header = bytes(buf[pos:pos + hlen])
+        if hd and crc32c(header) != _LE32.unpack_from(buf, pos + hlen)[0]:
+            return  # next_pdu reports it once the PDU is complete
+        assert self.sink is not None
+        fields = cls.STRUCT.unpack_from(buf, pos)
+        place = self.sink(cls, fields, dsl)
+        if place is None:
+            return
+        start = pos + hlen + hd
+        have = self._end - start  # < dsl: the PDU is incomplete
+        place[:have] = buf[start:self._end]
+        self._pos = self._end  # everything received so far belongs to this PDU
+        self._place, self._placed = place, have
+        self._place_pdu = (cls, fields, header[BHS_SIZE:])
+        self._header = header
+
+    def _placed_pdu(self) -> Pdu | None:
+        place = self._place
+        assert place is not None and self._place_pdu is not None
+        if self._placed < len(place):
+            return None
+        cls, fields, ahs = self._place_pdu
+        self._place = self._place_pdu = None
+        return cls.from_fields(fields, ahs, place)
 
     def _check_data_digest(self, cls: type[Pdu], fields: tuple, ahs: bytes, start: int,
                            dsl: int) -> None:

@@ -106,6 +106,7 @@ class TargetConnection:
         self.tmfs: dict[int, control.PendingTmf] = {}
         self.text = control.TextState()
         self.hd = self.dd = False
+        self.placed: tuple[int, bytearray, memoryview] | None = None  # see datapath.place
         self._ttt = secrets.randbits(31)
         self._now = now
         self._activity = False
@@ -237,10 +238,15 @@ class TargetConnection:
         self.hd = self.reader.header_digest = p.header_digest == "CRC32C"
         self.dd = self.reader.data_digest = p.data_digest == "CRC32C"
         self.reader.max_data_segment = p.max_recv_data_segment
+        if not session.discovery:  # large write data straight into the task's buffer
+            self.reader.sink = self._place
         self.state = State.FULL_FEATURE
         self._next_ping = self._now + self.portal.nop_interval
         self._activity = False  # the login itself is counted by _next_ping
         self.events.append(LoginComplete(session, self.login.replaced))
+
+    def _place(self, cls: type[Pdu], fields: tuple[Any, ...], length: int) -> memoryview | None:
+        return datapath.place(self, cls, fields, length)
 
     def _invalid_in_login(self, pdu: Pdu) -> None:
         rsp = LoginResponse(status=LoginStatus.INVALID_DURING_LOGIN, itt=pdu.itt)

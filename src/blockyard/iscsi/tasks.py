@@ -80,8 +80,8 @@ class Task:
 
     __slots__ = ("itt", "lun", "lun_field", "cmdsn", "immediate", "cdb", "edtl", "read", "write",
                  "attr", "read_len", "state", "buf", "data_out", "received", "unsol_limit",
-                 "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses", "aborted_by",
-                 "sense", "fail_status", "open_seqs")
+                 "direct", "unsol_datasn", "next_offset", "r2tsn", "r2ts", "responses",
+                 "aborted_by", "sense", "fail_status", "open_seqs")
 
     def __init__(self, itt: int, lun: int, lun_field: int, cmdsn: int, immediate: bool,
                  cdb: bytes, edtl: int, read: bool, write: bool, attr: int,
@@ -94,6 +94,7 @@ class Task:
         self.state = READY
         self.buf: bytearray | None = None
         self.data_out: Buffer | None = None
+        self.direct: memoryview | None = None  # a Data-Out payload received straight into buf
         self.received = 0
         self.unsol_limit = 0
         self.unsol_datasn = 0
@@ -107,8 +108,10 @@ class Task:
         self.open_seqs: set[int] = _NO_SEQS  # sequences still to end (set by ``fail``)
 
     # ---- the data-out side ----------------------------------------------------------
-    def start_write(self, immediate: Buffer, final: bool, params: Params) -> None:
-        """Take the command's immediate data; decide whether unsolicited Data-Out follows."""
+    def start_write(self, immediate: Buffer, final: bool, params: Params,
+                    placed: bytearray | None = None) -> None:
+        """Take the command's immediate data; decide whether unsolicited Data-Out follows.
+        ``placed``: a buffer of EDTL bytes the immediate data was received into (at 0)."""
         n = len(immediate)
         expected = self.edtl if self.write else 0
         if n and not self.write:
@@ -121,14 +124,17 @@ class Task:
         if not final and params.initial_r2t:
             raise _violation("unsolicited Data-Out announced with InitialR2T=Yes")  # §13.10
         if n == expected:
-            self.data_out = bytes(immediate) if n else b""
+            self.data_out = (placed if placed is not None else bytes(immediate)) if n else b""
             self.received = n
             self.state = READY if final or not n else UNSOLICITED
             if not final and n:
                 raise _violation("F=0 but the immediate data is already complete")
             return
-        self.buf = bytearray(expected)
-        self.buf[:n] = immediate
+        if placed is not None:
+            self.buf = placed
+        else:
+            self.buf = bytearray(expected)
+            self.buf[:n] = immediate
         self.received = self.next_offset = n
         self.state = SOLICITING if final else UNSOLICITED
 
@@ -175,7 +181,9 @@ class Task:
 
     def _store(self, offset: int, data: Buffer, end: int) -> None:
         assert self.buf is not None
-        self.buf[offset:end] = data
+        if data is not self.direct:  # else the socket already wrote it there
+            self.buf[offset:end] = data
+        self.direct = None
         self.received = end
 
     def next_r2ts(self, params: Params, new_ttt: object) -> list[R2TState]:
