@@ -91,7 +91,7 @@ _blockyard() {
                 modify)
                     if [[ $cur == -* ]]; then
                         COMPREPLY=($(compgen -W "--type --autoreset --description --resize \
-                            --compact --move --state-dir --json" -- "$cur"))
+                            --compact --move --bandwidth-group --state-dir --json" -- "$cur"))
                     else COMPREPLY=($(compgen -W "$(_blockyard_media)" -- "$cur")); fi ;;
                 remove)
                     if [[ $cur == -* ]]; then
