@@ -50,7 +50,7 @@ from blockyard.media import declare
 from blockyard.media.context import Context
 from blockyard.media.ops import media_bandwidth_group, media_refresh
 from blockyard.media.registry import Registry
-from blockyard.server import parse_address
+from blockyard.server import parse_address, tune_interpreter
 from blockyard.transport.nbd_server import ExportTable, NbdServer
 
 log = logging.getLogger("blockyard.daemon")
@@ -263,11 +263,5 @@ def _log_to_file(plan: DaemonPlan) -> None:
 def run(plan: DaemonPlan) -> int:
     plan.state_dir.mkdir(parents=True, exist_ok=True)
     _log_to_file(plan)
-    if not os.environ.get("BLOCKYARD_NO_UVLOOP"):
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+    tune_interpreter()  # uvloop and the GIL switch interval, as in quick mode
     return asyncio.run(serve_registry(plan))
