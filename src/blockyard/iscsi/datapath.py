@@ -90,7 +90,7 @@ def place(conn: TargetConnection, cls: type[Pdu], fields: tuple[Any, ...],
         itt, edtl = fields[6], fields[7]
         if not length <= edtl <= conn.portal.max_write or itt in conn.tasks:
             return None
-        buf = bytearray(edtl)
+        buf = conn.alloc(edtl)
         view = memoryview(buf)[:length]
         conn.placed = (itt, buf, view)
         return view
@@ -130,7 +130,7 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
     if write or pdu.data:
         data = pdu.data
         buf = placed[1] if placed is not None and data is placed[2] else None
-        task.start_write(data, pdu.final, conn.params, buf)
+        task.start_write(data, pdu.final, conn.params, buf, conn.alloc)
         if task.state == SOLICITING:
             send_r2ts(conn, task)
     if immediate:

@@ -107,6 +107,7 @@ class TargetConnection:
         self.text = control.TextState()
         self.hd = self.dd = False
         self.placed: tuple[int, bytearray, memoryview] | None = None  # see datapath.place
+        self.alloc: Callable[[int], bytearray] = bytearray  # write buffers (contents unused)
         self._ttt = secrets.randbits(31)
         self._now = now
         self._activity = False

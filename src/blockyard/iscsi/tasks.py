@@ -29,6 +29,8 @@ iSCSIdatasn expects exactly that: the write fails, the connection lives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi.constants import RESERVED_TAG, RejectReason
 from blockyard.iscsi.keys import Params
@@ -109,9 +111,11 @@ class Task:
 
     # ---- the data-out side ----------------------------------------------------------
     def start_write(self, immediate: Buffer, final: bool, params: Params,
-                    placed: bytearray | None = None) -> None:
+                    placed: bytearray | None = None,
+                    alloc: Callable[[int], bytearray] = bytearray) -> None:
         """Take the command's immediate data; decide whether unsolicited Data-Out follows.
-        ``placed``: a buffer of EDTL bytes the immediate data was received into (at 0)."""
+        ``placed``: a buffer of EDTL bytes the immediate data was received into (at 0);
+        ``alloc(n)``: a buffer of n bytes for the rest (its old contents are overwritten)."""
         n = len(immediate)
         expected = self.edtl if self.write else 0
         if n and not self.write:
@@ -133,7 +137,7 @@ class Task:
         if placed is not None:
             self.buf = placed
         else:
-            self.buf = bytearray(expected)
+            self.buf = alloc(expected)
             self.buf[:n] = immediate
         self.received = self.next_offset = n
         self.state = SOLICITING if final else UNSOLICITED

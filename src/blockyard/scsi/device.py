@@ -51,6 +51,9 @@ SELECT_ALL, SELECT_WELL_KNOWN, SELECT_ALL_ACCESSIBLE = 0, 1, 2
 NO_LU_INQUIRY_LEN = 36
 
 
+Started = ScsiResult | fastpath.ThreadedWrite | Coroutine[Any, Any, ScsiResult]
+
+
 class TmfResponse(IntEnum):
     """Task management response codes (RFC 7143 11.6.1)."""
 
@@ -87,16 +90,20 @@ class ScsiTargetDevice:
             unit.notify(REPORTED_LUNS_DATA_CHANGED)
 
     # ---- commands --------------------------------------------------------------------
-    def start(self, cmd: ScsiCommand) -> ScsiResult | Coroutine[Any, Any, ScsiResult]:
-        """Begin ``cmd``: its result if it is answered at once (a READ on the fast path whose
-        data is in the page cache or goes out by reference), else the coroutine that runs
-        it, to be awaited (or stepped) by the caller.  ``execute`` is the awaitable form."""
+    def start(self, cmd: ScsiCommand) -> Started:
+        """Begin ``cmd``: its result if it is answered at once (a READ or WRITE on the fast
+        path served by the page cache, or read data going out by reference), a
+        ``ThreadedWrite`` for the caller to run on a thread (a large write), else the
+        coroutine that runs it, to be awaited (or stepped).  ``execute`` does all that."""
         unit = self.luns.get(cmd.lun)
         if unit is not None and unit.fast_rw:  # READ/WRITE(10/16), nothing special going on
             io = fastpath.plan(unit, cmd)  # type: ignore[arg-type]
             if io is not None:
                 offset, length, writing, fua = io
                 if writing:
+                    now = fastpath.write_now(unit, cmd, offset, length, fua)  # type: ignore
+                    if now is not None:
+                        return now
                     return fastpath.write(unit, cmd, offset, length, fua)  # type: ignore
                 done = fastpath.read_now(unit, cmd, offset, length)  # type: ignore[arg-type]
                 if done is not None:
@@ -108,6 +115,11 @@ class ScsiTargetDevice:
         started = self.start(cmd)
         if type(started) is ScsiResult:
             return started
+        if type(started) is fastpath.ThreadedWrite:
+            import asyncio  # only here: the SCSI core stays free of I/O at import time
+
+            await asyncio.get_running_loop().run_in_executor(None, started.run)
+            return started.finish()
         return await started  # type: ignore[misc]
 
     async def _execute(self, cmd: ScsiCommand) -> ScsiResult:

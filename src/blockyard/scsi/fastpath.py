@@ -26,7 +26,9 @@ path would have done (the same layer calls, the same sense for a
 the same answer or the error.  A read the transport may send by reference
 (``ScsiCommand.by_reference``) of a layer with a ``sendfile_fd`` answers a
 ``FileSpan`` instead of bytes; a small one of a layer with ``sync_pread``
-is read at once, without a coroutine (``ScsiTargetDevice.execute_now``).
+is read at once, without a coroutine (``ScsiTargetDevice.start``).  Writes to a
+layer with ``sync_pwrite`` are done at once when small, or handed to the
+caller as a ``ThreadedWrite`` to run on one of its threads.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from __future__ import annotations
 import errno
 import logging
 import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from blockyard.errors import BlockError
 from blockyard.scsi.sbc_rw import RW_FLAGS
@@ -54,6 +57,7 @@ _BAD_FLAGS = ~RW_FLAGS & 0xFF | 0xE0  # reserved bits and the protection field
 _NACA = 0x04
 OPCODES = frozenset({READ_10, WRITE_10, READ_16, WRITE_16})
 INLINE_READ_MAX = 64 << 10  # larger reads are awaited (the layer sends them to a thread)
+INLINE_WRITE_MAX = 64 << 10  # larger (or FUA) writes go to a thread (ThreadedWrite)
 _ERRNO = {errno.EDQUOT: errno.ENOSPC, errno.EFBIG: errno.ENOSPC}
 
 
@@ -100,9 +104,8 @@ def read_now(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> Scsi
         return None
     try:
         return ScsiResult(data=reader(offset, length))
-    except OSError as exc:  # as the raw layer maps it (block/raw.py)
-        err = exc.errno or errno.EIO
-        return check_condition(block_error(BlockError(_ERRNO.get(err, err), str(exc)), False))
+    except OSError as exc:
+        return _os_error(exc, False)
     except Exception:
         return _bug(unit, cmd)
 
@@ -114,6 +117,69 @@ async def read(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> Sc
         return check_condition(block_error(err, False))
     except Exception:
         return _bug(unit, cmd)
+
+
+def write_now(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int,
+              fua: bool) -> ScsiResult | ThreadedWrite | None:
+    """A write ``plan`` accepted, through the layer's ``sync_pwrite``: done at once when it
+    is small and not FUA (the page cache), else handed back as a ``ThreadedWrite`` for
+    the caller to run on a thread; None without ``sync_pwrite`` (then await ``write``)."""
+    writer = unit.layer.sync_pwrite
+    if writer is None:
+        return None
+    if length > INLINE_WRITE_MAX or fua:
+        unit.gate.enter_shared()
+        return ThreadedWrite(unit, cmd, writer, offset, length, fua)
+    try:
+        writer(offset, cmd.data_out, False)  # type: ignore[arg-type]
+        return ScsiResult(data_out_used=length)
+    except OSError as exc:
+        return _os_error(exc, True)
+    except Exception:
+        return _bug(unit, cmd)
+
+
+class ThreadedWrite:
+    """A write for the caller to run on a thread of its own: ``run()`` there (blocking,
+    thread-safe), then ``finish()`` back on the caller's thread for the result.  The
+    gate is held shared in between; ``data`` keeps no other reference once ``run`` has
+    returned (``sync_pwrite``), so the caller may recycle it."""
+
+    __slots__ = ("unit", "cmd", "writer", "offset", "length", "fua", "error")
+
+    def __init__(self, unit: DiskUnit, cmd: ScsiCommand, writer: Callable[[int, Any, bool], None],
+                 offset: int, length: int, fua: bool) -> None:
+        self.unit, self.cmd, self.writer = unit, cmd, writer
+        self.offset, self.length, self.fua = offset, length, fua
+        self.error: BaseException | None = None
+
+    @property
+    def data(self) -> Any:
+        return self.cmd.data_out
+
+    def run(self) -> None:
+        try:
+            self.writer(self.offset, self.cmd.data_out, self.fua)
+        except BaseException as exc:  # reported by finish(), on the caller's thread
+            self.error = exc
+
+    def finish(self) -> ScsiResult:
+        self.unit.gate.release(False)
+        err = self.error
+        if err is None:
+            return ScsiResult(data_out_used=self.length)
+        if isinstance(err, OSError):
+            return _os_error(err, True)
+        try:
+            raise err
+        except Exception:
+            return _bug(self.unit, self.cmd)
+
+
+def _os_error(exc: OSError, writing: bool) -> ScsiResult:
+    """As the raw layer maps an OSError (block/raw.py), then as the LU maps the errno."""
+    err = exc.errno or errno.EIO
+    return check_condition(block_error(BlockError(_ERRNO.get(err, err), str(exc)), writing))
 
 
 async def write(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int,

@@ -33,6 +33,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
@@ -47,9 +48,11 @@ from blockyard.iscsi import (
     TaskManagement,
 )
 from blockyard.iscsi.discovery import format_portal
+from blockyard.scsi.fastpath import ThreadedWrite
 from blockyard.scsi.task import FileSpan, ScsiCommand, ScsiResult, Status, TmfFunction
 from blockyard.transport.iscsi_wire import IscsiWire
 from blockyard.transport.sockwire import FileRange
+from blockyard.util.aio import pool
 from blockyard.util.eager import run_eager
 
 if TYPE_CHECKING:
@@ -114,6 +117,8 @@ class IscsiConnection:
         self.session_key = "iscsi:-"  # bandwidth groups schedule per initiator (SESSION)
         self._paused = False
         self._flush_handle: asyncio.Handle | None = None
+        self._written: deque[tuple[int, ThreadedWrite]] = deque()  # done on I/O threads
+        self._wake_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -123,6 +128,7 @@ class IscsiConnection:
         address = format_portal(local[0], local[1]) if isinstance(local, tuple) else ""
         self.core = TargetConnection(server.portal, local_address=address,
                                      now=self.loop.time(), owner=self)
+        self.core.alloc = server.payloads.get  # write buffers, recycled after threaded writes
         self.wire = IscsiWire(sock, self.loop, self.core.get_buffer, self._received, self._lost)
         server.connections.add(self)
         log.info("iscsi: connection from %s", self.peer)
@@ -211,6 +217,10 @@ class IscsiConnection:
         if type(coro) is ScsiResult:
             self._complete(event.itt, coro)
             return
+        if type(coro) is ThreadedWrite:
+            self.server.threaded_writes += 1
+            pool().submit(self._write_in_thread, event.itt, coro)
+            return
         try:
             waiting = coro.send(None)
         except StopIteration as done:
@@ -230,6 +240,31 @@ class IscsiConnection:
             result = _failure(event.command)
         if not self.closed:
             self._complete(event.itt, result)
+            self._dirty()
+
+    def _write_in_thread(self, itt: int, write: ThreadedWrite) -> None:
+        """An I/O thread: the write, then a wake-up of the loop (one serves many)."""
+        write.run()
+        self._written.append((itt, write))  # deque.append is atomic
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._reap_writes)
+            except RuntimeError:  # the loop is gone
+                pass
+
+    def _reap_writes(self) -> None:
+        self._wake_pending = False
+        payloads = self.server.payloads
+        written = self._written
+        while written:
+            itt, write = written.popleft()
+            self.server.threaded_writes -= 1
+            result = write.finish()
+            payloads.put(write.data)  # sync_pwrite keeps no reference: recycle it
+            if not self.closed:
+                self._complete(itt, result)
+        if not self.closed:
             self._dirty()
 
     def _complete(self, itt: int, result: ScsiResult) -> None:

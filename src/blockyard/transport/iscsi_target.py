@@ -53,6 +53,7 @@ from blockyard.iscsi.chap import ChapCredentials
 from blockyard.iscsi.keys import target_preferences
 from blockyard.scsi.device import ScsiTargetDevice
 from blockyard.scsi.disk import DiskOptions, DiskUnit
+from blockyard.transport.bufpool import PayloadPool
 from blockyard.transport.iscsi_connection import IscsiConnection
 
 log = logging.getLogger("blockyard.iscsi")
@@ -96,6 +97,8 @@ class IscsiTargetServer:
                                    cmd_window=cmd_window, nop_interval=nop_interval,
                                    nop_timeout=nop_timeout)
         self.connections: set[IscsiConnection] = set()
+        self.payloads = PayloadPool()  # large write buffers, shared by the connections
+        self.threaded_writes = 0  # writes running on I/O threads (stop waits for them)
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self.host = ""
@@ -156,6 +159,9 @@ class IscsiTargetServer:
         pending = [t for conn in list(self.connections) for t in conn.tasks]
         if pending:
             await asyncio.wait(pending, timeout=grace)
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.threaded_writes and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # the layer must not close under a running write
 
     def drop_target_sessions(self, target: str, reason: str, keep: IscsiConnection) -> None:
         for conn in list(self.connections):
