@@ -85,6 +85,9 @@ async def delete_snapshot(ctx: Context, ref: str, snapshot: str,
         if not store.is_managed(child):
             raise ConflictError(f"{image.location} has a child made outside snapshots "
                                 f"({child.location}); remove that child first")
+        served = ctx.live.open_layer(disk.current.uuid) if ctx.live is not None else None
+        if served is not None:
+            await served.flush()  # the files then show what the sessions wrote
         await check_space(child, image)
         merged = await _merge(ctx, disk, snap, image, child, progress)
     return {"deleted": snap.uuid, "name": snap.name, "merged": merged,
