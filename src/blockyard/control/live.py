@@ -172,6 +172,11 @@ class LiveServer:
                  len(users))
         return len(users)
 
+    def host_cache_of(self, uuid: str) -> bool:
+        """The host-cache policy of the controller medium ``uuid`` is attached to."""
+        atts = self.registry.attachments(medium=uuid)
+        return self.registry.controller(atts[0].controller).host_cache if atts else True
+
     def rekey(self, old_uuid: str, new_uuid: str) -> None:
         """The open medium ``old_uuid`` now serves medium ``new_uuid`` (a snapshot
         moved the writable top of its chain); its layer and sessions stay."""

@@ -51,7 +51,7 @@ from blockyard.media import snapshot_store as store
 from blockyard.media.chain_open import lineage, open_chain, parent_facts
 from blockyard.media.context import Context
 from blockyard.media.model import Medium
-from blockyard.media.snapshot_live import close_quietly, live_swap, rekey, reopen
+from blockyard.media.snapshot_live import close_quietly, host_cache, live_swap, rekey, reopen
 from blockyard.media.snapshot_merge import Progress, copy_down, needed_bytes
 from blockyard.media.snapshot_store import Disk, Snapshot
 from blockyard.media.snapshots import check_mode, locked_disk
@@ -190,7 +190,8 @@ async def _copy_live(ctx: Context, swap: SwapLayer, disk: Disk, snap: Snapshot,
         except BaseException:
             reopen(swap, disk.current, ctx.lookup)
             raise
-        reopen(swap, ctx.lookup(image.uuid if is_current else disk.current.uuid), ctx.lookup)
+        now = ctx.lookup(image.uuid if is_current else disk.current.uuid)
+        reopen(swap, now, ctx.lookup, host_cache=host_cache(ctx, now))
     return done
 
 

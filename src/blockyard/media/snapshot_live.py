@@ -27,6 +27,7 @@ from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
 from blockyard.errors import ConflictError
+from blockyard.media import builder
 from blockyard.media.chain_open import open_chain, top_image
 from blockyard.media.context import Context
 from blockyard.media.model import Medium
@@ -72,16 +73,28 @@ def stack_on(child: ImageLayer, old: Layer) -> ChainLayer:
 
 def reopen(swap: SwapLayer, current: Medium, lookup: Lookup, *,
            writable: frozenset[str] = frozenset(), fallback: Medium | None = None,
-           fallback_lookup: Lookup | None = None) -> None:
-    """Inside ``swap.paused()`` with the old chain closed: install ``current``'s chain."""
+           fallback_lookup: Lookup | None = None, host_cache: bool = True) -> None:
+    """Inside ``swap.paused()`` with the old chain closed: install ``current``'s chain
+    (under its controller's host-cache policy, ``host_cache``)."""
     try:
-        swap.replace(open_chain(current, lookup, writable=writable))
+        swap.replace(_open(current, lookup, writable, host_cache))
     except BaseException:
         if fallback is None:
             raise
         log.error("reopening %s failed; going back to %s", current.location, fallback.location)
-        swap.replace(open_chain(fallback, fallback_lookup or lookup))
+        swap.replace(_open(fallback, fallback_lookup or lookup, frozenset(), host_cache))
         raise
+
+
+def _open(m: Medium, lookup: Lookup, writable: frozenset[str], host_cache: bool) -> Layer:
+    if writable:
+        return open_chain(m, lookup, writable=writable)
+    return builder.open_visible(m, lookup, read_only=False, host_cache=host_cache)
+
+
+def host_cache(ctx: Context, m: Medium) -> bool:
+    fn = getattr(ctx.live, "host_cache_of", None)
+    return bool(fn(m.uuid)) if fn is not None else True
 
 
 async def close_quietly(layer: Layer) -> None:
