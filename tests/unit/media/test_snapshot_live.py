@@ -142,3 +142,19 @@ async def test_restore_is_atomic_for_readers(tmp_path: Path) -> None:
     assert seen == {b"A", b"B"}
     assert await swap.pread(0, 3) == b"AAA"
     await s.stop()
+
+
+async def test_a_merge_back_into_a_raw_disk_keeps_the_host_cache_policy(tmp_path: Path) -> None:
+    from blockyard.block.hostcache_direct import DirectFile
+
+    s = Served(tmp_path)
+    await ops.media_add(s.ctx, str(tmp_path / "disk.img"), create_size=SIZE)
+    await attach_ops.controller_add(s.ctx, "c", "sata", host_cache=False)
+    await attach_ops.attach(s.ctx, "c", "disk.img")
+    swap = s.ctx.live.open_layer(s.reg.media()[0].uuid)  # type: ignore[union-attr]
+    assert isinstance(swap, SwapLayer) and isinstance(swap.chain, DirectFile)
+    await snapshot_take(s.ctx, "disk.img", name="s")
+    await swap.pwrite(0, b"d" * 4096)
+    await delete_snapshot(s.ctx, "disk.img", "s")
+    assert isinstance(swap.chain, DirectFile) and await swap.pread(0, 4096) == b"d" * 4096
+    await s.stop()
