@@ -31,6 +31,7 @@ over the base; the hub keeps it open while that client has connections.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class MediumHub:
     diff_factory: DiffFactory | None = None
     _clients: dict[str, _Client] = field(default_factory=dict)
     _seen: set[str] = field(default_factory=set)
+    _closing: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -96,6 +98,9 @@ class MediumHub:
         return self.mode in ("shareable", "readonly") and self.base.can_multi_conn
 
     async def acquire(self, client: str) -> Layer:
+        closing = self._closing.get(client)
+        if closing is not None:  # its previous session's image is still being closed
+            await closing.wait()
         entry = self._clients.get(client)
         if entry is None:
             entry = _Client(await self._open_for(client))
@@ -123,8 +128,15 @@ class MediumHub:
         if entry is None:
             return
         entry.connections -= 1
-        if entry.connections <= 0:
-            del self._clients[client]
-            if entry.layer is not self.base and not isinstance(entry.layer, ReadOnlyView):
-                await entry.layer.flush()
-                await entry.layer.close()
+        if entry.connections > 0:
+            return
+        del self._clients[client]
+        if entry.layer is self.base or isinstance(entry.layer, ReadOnlyView):
+            return
+        done = self._closing[client] = asyncio.Event()
+        try:  # a new session of this client waits until the image is closed
+            await entry.layer.flush()
+            await entry.layer.close()
+        finally:
+            del self._closing[client]
+            done.set()

@@ -68,3 +68,32 @@ async def test_multiattach_keeps_images() -> None:
 def test_unknown_mode_refused() -> None:
     with pytest.raises(MediaError, match="unknown write mode"):
         MediumHub("disk", RamDisk(4096), mode="sometimes")
+
+
+async def test_a_new_session_waits_for_the_old_image_to_close() -> None:
+    import asyncio
+
+    closing = asyncio.Event()
+    order: list[str] = []
+
+    class SlowClose(RamDisk):
+        async def _close(self) -> None:
+            order.append("close-start")
+            await closing.wait()
+            order.append("close-end")
+
+    async def factory(client: str, reset: bool) -> Layer:
+        order.append(f"open-{reset}")
+        return SlowClose(4096)
+
+    hub = MediumHub("disk", RamDisk(4096), mode="immutable", diff_factory=factory)
+    await hub.acquire("a")
+    release = asyncio.create_task(hub.release("a"))
+    await asyncio.sleep(0)
+    reopen = asyncio.create_task(hub.acquire("a"))
+    await asyncio.sleep(0.01)
+    assert order == ["open-True", "close-start"]  # the reset waits for the close
+    closing.set()
+    await release
+    await reopen
+    assert order == ["open-True", "close-start", "close-end", "open-True"]
