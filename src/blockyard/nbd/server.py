@@ -55,10 +55,9 @@ from blockyard.nbd.events import (
     Negotiated,
     Request,
 )
+from blockyard.nbd.inbuf import DIRECT_PAYLOAD, InputBuffer
 from blockyard.nbd.validate import validate_request
 
-RBUF_SIZE = 256 << 10
-DIRECT_PAYLOAD = 64 << 10  # payloads at least this big get a buffer of their own
 CONTEXT_IDS = {c.BASE_ALLOCATION: 1}
 
 Opt = c.Opt
@@ -76,7 +75,7 @@ class State(Enum):
     CLOSED = "closed"
 
 
-class ServerConnection:
+class ServerConnection(InputBuffer):
     """One NBD connection, server side; see the module docstring."""
 
     def __init__(self, *, handshake_flags: int = c.HandshakeFlag.FIXED_NEWSTYLE
@@ -84,11 +83,7 @@ class ServerConnection:
         self.state = State.CLIENT_FLAGS
         self.negotiated = Negotiated()
         self._handshake_flags = handshake_flags
-        self._buf = bytearray(RBUF_SIZE)
-        self._start = 0
-        self._end = 0
-        self._payload: bytearray | None = None  # WRITE payload being received directly
-        self._pfill = 0
+        InputBuffer.__init__(self)
         self._pending: tuple[int, int, int, int, int] | None = None  # header awaiting payload
         self._skip = 0  # bytes to discard (oversized option or write)
         self._after_skip: bytes | None = None  # reply to queue once skipped
@@ -100,48 +95,6 @@ class ServerConnection:
         self._meta_selected: dict[int, str] = {}
         # Where big WRITE payloads are received; the application may recycle buffers.
         self.alloc_payload: Callable[[int], bytearray] = bytearray
-
-    # ---- input ------------------------------------------------------------------
-    def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Where the next received bytes should go (BufferedProtocol.get_buffer)."""
-        if self._payload is not None and self._pfill < len(self._payload):
-            return memoryview(self._payload)[self._pfill:]
-        buf = self._buf
-        if len(buf) - self._end < DIRECT_PAYLOAD:
-            self._compact()
-            if len(buf) - self._end < 4096:
-                buf.extend(bytes(len(buf)))  # only when the application stopped consuming
-        return memoryview(buf)[self._end:]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self._payload is not None and self._pfill < len(self._payload):
-            self._pfill += nbytes
-        else:
-            self._end += nbytes
-
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Copying input path (tests, TLS): same effect as get_buffer/buffer_updated."""
-        mv = memoryview(data)
-        while mv:
-            dst = self.get_buffer(len(mv))
-            n = min(len(dst), len(mv))
-            dst[:n] = mv[:n]
-            dst.release()
-            self.buffer_updated(n)
-            mv = mv[n:]
-
-    def _compact(self) -> None:
-        n = self._end - self._start
-        if self._start:
-            self._buf[0:n] = self._buf[self._start:self._end]
-            self._start, self._end = 0, n
-
-    def _take(self, n: int) -> bytes | None:
-        if self._end - self._start < n:
-            return None
-        data = bytes(self._buf[self._start:self._start + n])
-        self._start += n
-        return data
 
     # ---- output -----------------------------------------------------------------
     def data_to_send(self) -> list[bytes]:
