@@ -31,7 +31,6 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from blockyard.block.layer import FileMap, Layer
@@ -44,16 +43,18 @@ from blockyard.nbd.events import (
     NEED_DATA,
     Disconnect,
     ExportQuery,
-    ExportSpec,
     ListQuery,
     Request,
 )
 from blockyard.nbd.server import ServerConnection, State
 from blockyard.transport.bufpool import PayloadPool
-from blockyard.transport.nbd_ops import COMMAND_TABLE, export_flags
+from blockyard.transport.nbd_exports import Export, ExportTable
+from blockyard.transport.nbd_ops import COMMAND_TABLE
 from blockyard.transport.sockwire import FileRange, SocketWire
 from blockyard.util.aio import pool
 from blockyard.util.eager import run_eager
+
+__all__ = ["Export", "ExportTable", "NbdConnection", "NbdServer"]
 
 log = logging.getLogger("blockyard.nbd")
 TF = c.TransmissionFlag
@@ -65,54 +66,6 @@ _WRITE = int(c.Cmd.WRITE)
 _FUA = int(c.CmdFlag.FUA)
 WRITE_HIGH = 32 << 20  # stop reading requests while this much reply data is queued
 WRITE_LOW = 8 << 20
-
-
-@dataclass
-class Export:
-    """One named export: a block layer and how to present it."""
-
-    name: str
-    layer: Layer
-    description: str = ""
-    read_only: bool = False
-    hub: MediumHub | None = None  # write-mode policy shared with other protocols
-    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "bytes": 0})
-
-    def spec(self, layer: Layer | None = None) -> ExportSpec:
-        layer = layer or self.layer
-        lim = layer.limits
-        read_only = self.read_only or (self.hub is not None and self.hub.mode == "readonly")
-        flags = export_flags(layer, read_only)
-        if self.hub is not None and not self.hub.multi_conn:
-            flags &= ~int(TF.CAN_MULTI_CONN)
-        return ExportSpec(self.name, layer.size, flags, self.description,
-                          lim.minimum, lim.preferred, lim.maximum)
-
-
-class ExportTable:
-    """Exports by name; the empty name selects the default (first) export."""
-
-    def __init__(self, exports: list[Export] | None = None) -> None:
-        self._by_name: dict[str, Export] = {}
-        for e in exports or []:
-            self.add(e)
-
-    def add(self, export: Export) -> None:
-        self._by_name[export.name] = export
-
-    def remove(self, name: str) -> Export | None:
-        return self._by_name.pop(name, None)
-
-    def lookup(self, name: str) -> Export | None:
-        if name == "" and self._by_name:
-            return next(iter(self._by_name.values()))
-        return self._by_name.get(name)
-
-    def listing(self) -> list[tuple[str, str]]:
-        return [(e.name, e.description) for e in self._by_name.values()]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._by_name.values()))
 
 
 class NbdConnection:
