@@ -109,6 +109,9 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
     tasks = conn.tasks
     if itt in tasks or itt == RESERVED_TAG:
         raise RemoteProtocolError("ITT in use", RejectReason.TASK_IN_PROGRESS, fatal=False)
+    if conn.answer_now is not None and not immediate and cmdsn == w.exp_cmdsn \
+            and not w.waiting and not conn.order and pdu.final and _answered_now(conn, pdu):
+        return
     if immediate and len(tasks) >= 2 * conn.portal.cmd_window:
         raise RemoteProtocolError("too many immediate commands",
                                   RejectReason.IMMEDIATE_COMMAND_REJECT, fatal=False)
@@ -138,6 +141,49 @@ def on_scsi_command(conn: TargetConnection, pdu: ScsiCommandPdu) -> None:
             deliver(conn, task)
     elif ready:
         conn.in_order(ready)
+
+
+def _answered_now(conn: TargetConnection, pdu: ScsiCommandPdu) -> bool:
+    """A command next in CmdSN order with all its data at hand that the SCSI layer answers
+    at once (``TargetConnection.answer_now``: a page-cache read or small write): answered
+    here, exactly as the task path would (deliver, complete_command) but without a Task
+    held in between.  False, with nothing done, when the task path must take it."""
+    read, write, edtl, data = pdu.read, pdu.write, pdu.edtl, pdu.data
+    if write:  # all of it immediate, within the limits start_write and _refuse check
+        p, portal = conn.params, conn.portal
+        if read or len(data) != edtl or not edtl or not p.immediate_data \
+                or edtl > p.first_burst_length or edtl > portal.max_write \
+                or conn.write_bytes + edtl > portal.max_write_buffer:
+            return False
+    elif not read or data:
+        return False
+    lun, itt = pdu.lun, pdu.itt
+    cmd = ScsiCommand(pdu.cdb, (lun >> 48) & 0x3FFF, conn.nexus, data if write else None,
+                      edtl if read else 0, _ATTRS[pdu.attr], itt)
+    assert conn.answer_now is not None
+    result = conn.answer_now(cmd)
+    if result is None:
+        return False
+    w = conn.window
+    w.exp_cmdsn = (pdu.cmdsn + 1) & 0xFFFFFFFF  # what arrive() does with nothing early
+    status, sense, out = result.status, result.sense, result.data
+    n = len(out)
+    if not status and not sense:
+        p = conn.params
+        if read:
+            if n == edtl and 0 < n <= p.peer_max_recv_data_segment and n <= p.max_burst_length:
+                conn.emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS, 0, n, 0, itt, RESERVED_TAG,
+                                       conn.next_statsn(), w.exp_cmdsn, w.max_cmdsn, 0, 0, 0),
+                          out)
+                return True
+        elif result.data_out_used == edtl and not n:
+            conn.emit(pack_scsi_response(0, 0, 0, 0, itt, conn.next_statsn(), w.exp_cmdsn,
+                                         w.max_cmdsn, 0, 0, 0))
+            return True
+    task = Task(itt, cmd.lun, lun, pdu.cmdsn, False, pdu.cdb, edtl, read, write, pdu.attr)
+    task.state = EXECUTING
+    send_result(conn, task, result)  # residuals, sense, several Data-In: the general sender
+    return True
 
 
 def _refuse(conn: TargetConnection, task: Task, pdu: ScsiCommandPdu, sense: bytes,

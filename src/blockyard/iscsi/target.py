@@ -72,7 +72,7 @@ from blockyard.iscsi.tasks import (
     READY,
     Task,
 )
-from blockyard.scsi.task import FileSpan, Nexus, ScsiResult
+from blockyard.scsi.task import FileSpan, Nexus, ScsiCommand, ScsiResult
 
 Payload = Buffer | FileSpan
 _NUMBERED = frozenset({Opcode.NOP_OUT, Opcode.SCSI_COMMAND, Opcode.TASK_MGMT_REQUEST,
@@ -108,6 +108,9 @@ class TargetConnection:
         self.hd = self.dd = False
         self.placed: tuple[int, bytearray, memoryview] | None = None  # see datapath.place
         self.alloc: Callable[[int], bytearray] = bytearray  # write buffers (contents unused)
+        # The SCSI layer's answer to a command it can answer at once, or None (nothing
+        # started): such commands skip CommandReady (datapath._answered_now).
+        self.answer_now: Callable[[ScsiCommand], ScsiResult | None] | None = None
         self._ttt = secrets.randbits(31)
         self._now = now
         self._activity = False

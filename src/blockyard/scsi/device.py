@@ -90,6 +90,14 @@ class ScsiTargetDevice:
             unit.notify(REPORTED_LUNS_DATA_CHANGED)
 
     # ---- commands --------------------------------------------------------------------
+    def answer_now(self, cmd: ScsiCommand) -> ScsiResult | None:
+        """The result of ``cmd`` if it can be answered at once without a thread or a wait
+        (``fastpath.answer_now``), else None with nothing started: then ``start`` it."""
+        unit = self.luns.get(cmd.lun)
+        if unit is not None and unit.fast_rw:
+            return fastpath.answer_now(unit, cmd)  # type: ignore[arg-type]
+        return None
+
     def start(self, cmd: ScsiCommand) -> Started:
         """Begin ``cmd``: its result if it is answered at once (a READ or WRITE on the fast
         path served by the page cache, or read data going out by reference), a

@@ -92,6 +92,21 @@ def plan(unit: DiskUnit, cmd: ScsiCommand) -> tuple[int, int, bool, bool] | None
     return lba * bs, length, False, False
 
 
+def answer_now(unit: DiskUnit, cmd: ScsiCommand) -> ScsiResult | None:
+    """The result of ``cmd`` if the fast path answers it without waiting and without a
+    thread (a page-cache read or small write, or a read sent by reference); None, with
+    nothing started, otherwise."""
+    io = plan(unit, cmd)
+    if io is None:
+        return None
+    offset, length, writing, fua = io
+    if not writing:
+        return read_now(unit, cmd, offset, length)
+    if length > INLINE_WRITE_MAX or fua or unit.layer.sync_pwrite is None:
+        return None
+    return write_now(unit, cmd, offset, length, False)  # type: ignore[return-value]
+
+
 def read_now(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> ScsiResult | None:
     """A read ``plan`` accepted, answered without waiting when the layer allows it: as a
     ``FileSpan`` (sent by reference) or through ``sync_pread`` (small reads, the page

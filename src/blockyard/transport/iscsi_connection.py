@@ -114,6 +114,7 @@ class IscsiConnection:
         self._busy = False
         self._threaded = False  # the corked replies hold a FileSpan or much data
         self._start: Callable[[ScsiCommand], Any] = _no_target
+        self._answer_now: Callable[[ScsiCommand], ScsiResult | None] | None = None
         self.session_key = "iscsi:-"  # bandwidth groups schedule per initiator (SESSION)
         self._paused = False
         self._flush_handle: asyncio.Handle | None = None
@@ -194,6 +195,9 @@ class IscsiConnection:
             self.session_key = f"iscsi:{session.initiator_name}"
             device = self.target.device
             self._start = getattr(device, "start", device.execute)
+            self._answer_now = getattr(device, "answer_now", None)
+            if self._answer_now is not None:
+                self.core.answer_now = self._answer
         if event.replaced is not None and event.replaced is not self:
             cast(IscsiConnection, event.replaced).kill("session reinstated by a new login")
 
@@ -241,6 +245,20 @@ class IscsiConnection:
         if not self.closed:
             self._complete(event.itt, result)
             self._dirty()
+
+    def _answer(self, cmd: ScsiCommand) -> ScsiResult | None:
+        """``TargetConnection.answer_now``: the device's immediate answer, if any."""
+        if cmd.expected_in >= THREAD_SEND_MIN and USE_SENDFILE and not self.core.dd:
+            cmd.by_reference = True
+        try:
+            result = self._answer_now(cmd)  # type: ignore[misc]
+        except Exception:
+            result = _failure(cmd)
+        if result is not None:
+            data = result.data
+            if type(data) is FileSpan or len(data) >= THREAD_SEND_MIN:
+                self._threaded = True
+        return result
 
     def _write_in_thread(self, itt: int, write: ThreadedWrite) -> None:
         """An I/O thread: the write, then a wake-up of the loop (one serves many)."""
