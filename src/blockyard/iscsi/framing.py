@@ -75,6 +75,7 @@ class PduReader:
         self._placed = 0  # bytes of it received
         self._place_pdu: tuple[type[Pdu], tuple[Any, ...], bytes] | None = None
         self._header = b""  # BHS + AHS of a placed PDU (``last_header``)
+        self._declined = -1  # where the PDU starts whose placement the sink declined
 
     # ---- input -------------------------------------------------------------------
     def feed(self, data: Buffer) -> None:
@@ -163,12 +164,13 @@ class PduReader:
             if dsl > self.max_data_segment:
                 self._too_long(dsl)
             if dsl >= MIN_PLACED and self.sink is not None and not dd and not dsl & 3 \
-                    and avail >= hlen + hd:
+                    and avail >= hlen + hd and pos != self._declined:
                 self._try_place(pos, hlen, hd, dsl)
             return None
         self._pos = pos + total
         self._hpos, self._hlen = pos, hlen
         self._header = b""
+        self._declined = -1
         if hd and crc32c(self.last_header) != _LE32.unpack_from(buf, pos + hlen)[0]:
             raise RemoteProtocolError("header digest error", RejectReason.PROTOCOL_ERROR)
         if dsl > self.max_data_segment:
@@ -209,6 +211,7 @@ class PduReader:
         fields = cls.STRUCT.unpack_from(buf, pos)
         place = self.sink(cls, fields, dsl)
         if place is None:
+            self._declined = pos  # do not ask again for this PDU
             return
         start = pos + hlen + hd
         have = self._end - start  # < dsl: the PDU is incomplete
