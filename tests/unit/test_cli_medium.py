@@ -107,7 +107,12 @@ def test_compact_is_quiet_when_piped(tmp_path: Path) -> None:
     before = path.stat().st_size
     out = medium("compact", str(path))
     assert out.returncode == 0 and out.stderr == ""
-    assert out.stdout.strip() == f"{path}: released 2M"
+    # "released" is allocated space given back, which the filesystem rounds (its own
+    # extent blocks come and go); the file itself shrinks by exactly the two blocks.
+    prefix = f"{path}: released "
+    assert out.stdout.strip().startswith(prefix)
+    shown = out.stdout.strip()[len(prefix):]
+    assert shown.endswith("M") and abs(float(shown[:-1]) - 2.0) <= 0.1
     assert path.stat().st_size == before - 2 * MiB
 
 
