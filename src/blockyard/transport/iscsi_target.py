@@ -55,6 +55,7 @@ from blockyard.scsi.device import ScsiTargetDevice
 from blockyard.scsi.disk import DiskOptions, DiskUnit
 from blockyard.transport.bufpool import PayloadPool
 from blockyard.transport.iscsi_connection import IscsiConnection
+from blockyard.transport.listen import accept_forever, open_listener
 
 log = logging.getLogger("blockyard.iscsi")
 IQN_PREFIX = "iqn.2026-11.org.blockyard:"
@@ -105,39 +106,21 @@ class IscsiTargetServer:
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        lsock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind((host, port))
-            lsock.listen(128)
-            lsock.setblocking(False)
-        except OSError:
-            lsock.close()
-            raise
+        lsock = open_listener(host, port)
         self._listener = lsock
-        self._accepting = asyncio.get_running_loop().create_task(self._accept_loop(lsock))
+        self._accepting = asyncio.get_running_loop().create_task(
+            accept_forever(lsock, self._accepted, log, "iscsi"))
         sock = lsock.getsockname()
         self.host, self.port = sock[0], sock[1]
         log.info("iscsi: listening on %s:%d (%d targets)", self.host, self.port,
                  len(self.targets))
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(lsock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:  # EMFILE and friends: log, breathe, go on
-                log.error("iscsi: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                IscsiConnection(self, sock)
-            except OSError as exc:  # the peer left before we looked at it
-                log.info("iscsi: connection dropped at accept: %s", exc)
-                sock.close()
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        try:
+            IscsiConnection(self, sock)
+        except OSError as exc:  # the peer left before we looked at it
+            log.info("iscsi: connection dropped at accept: %s", exc)
+            sock.close()
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, ask every session to log out, close what is left after ``grace``."""

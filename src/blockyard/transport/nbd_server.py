@@ -48,6 +48,7 @@ from blockyard.nbd.events import (
 )
 from blockyard.nbd.server import ServerConnection, State
 from blockyard.transport.bufpool import PayloadPool
+from blockyard.transport.listen import accept_forever, open_listener
 from blockyard.transport.nbd_exports import Export, ExportTable
 from blockyard.transport.nbd_ops import COMMAND_TABLE
 from blockyard.transport.sockwire import FileRange, SocketWire
@@ -418,35 +419,17 @@ class NbdServer:
         self._listeners: list[tuple[socket.socket, asyncio.Task[None]]] = []
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        lsock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind((host, port))
-            lsock.listen(128)
-            lsock.setblocking(False)
-        except OSError:
-            lsock.close()
-            raise
+        lsock = open_listener(host, port)
         addr = lsock.getsockname()
-        task = asyncio.get_running_loop().create_task(self._accept_loop(lsock))
+        task = asyncio.get_running_loop().create_task(
+            accept_forever(lsock, self._accepted, log, "nbd"))
         self._listeners.append((lsock, task))
         log.info("nbd: listening on %s:%s", addr[0], addr[1])
         return addr[0], addr[1]
 
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, addr = await loop.sock_accept(lsock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:  # EMFILE and friends: log, breathe, go on
-                log.error("nbd: accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr or "local")
-            NbdConnection(self, sock, peer)
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr or "local")
+        NbdConnection(self, sock, peer)
 
     async def stop(self, grace: float = 10.0) -> None:
         for lsock, task in self._listeners:
