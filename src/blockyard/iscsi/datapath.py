@@ -165,20 +165,24 @@ def _answered_now(conn: TargetConnection, pdu: ScsiCommandPdu) -> bool:
     if result is None:
         return False
     w = conn.window
-    w.exp_cmdsn = (pdu.cmdsn + 1) & 0xFFFFFFFF  # what arrive() does with nothing early
+    exp = w.exp_cmdsn = (pdu.cmdsn + 1) & 0xFFFFFFFF  # what arrive() does with nothing early
     status, sense, out = result.status, result.sense, result.data
     n = len(out)
     if not status and not sense:
         p = conn.params
         if read:
             if n == edtl and 0 < n <= p.peer_max_recv_data_segment and n <= p.max_burst_length:
+                statsn = conn.statsn  # next_statsn() and max_cmdsn, inlined
+                conn.statsn = (statsn + 1) & 0xFFFFFFFF
                 conn.emit(pack_data_in(FINAL_BIT | DATA_IN_STATUS, 0, n, 0, itt, RESERVED_TAG,
-                                       conn.next_statsn(), w.exp_cmdsn, w.max_cmdsn, 0, 0, 0),
+                                       statsn, exp, (exp + w.depth - 1) & 0xFFFFFFFF, 0, 0, 0),
                           out)
                 return True
         elif result.data_out_used == edtl and not n:
-            conn.emit(pack_scsi_response(0, 0, 0, 0, itt, conn.next_statsn(), w.exp_cmdsn,
-                                         w.max_cmdsn, 0, 0, 0))
+            statsn = conn.statsn
+            conn.statsn = (statsn + 1) & 0xFFFFFFFF
+            conn.emit(pack_scsi_response(0, 0, 0, 0, itt, statsn, exp,
+                                         (exp + w.depth - 1) & 0xFFFFFFFF, 0, 0, 0))
             return True
     task = Task(itt, cmd.lun, lun, pdu.cmdsn, False, pdu.cdb, edtl, read, write, pdu.attr)
     task.state = EXECUTING

@@ -94,8 +94,9 @@ class PduReader:
         place = self._place
         if place is not None and self._placed < len(place):
             return place[self._placed:]
-        self._release()
-        want = max(sizehint, 65536)
+        if self._views:
+            self._release()
+        want = sizehint if sizehint > 65536 else 65536
         if self._pos == self._end:
             self._pos = self._end = 0  # everything consumed: reuse the buffer from the start
         elif self._pos >= _COMPACT_AT or len(self._buf) - self._end < want:
@@ -111,7 +112,8 @@ class PduReader:
         if place is not None and self._placed < len(place):
             self._placed += nbytes
             return
-        self._release()
+        if self._views:
+            self._release()
         self._end += nbytes
 
     @property

@@ -312,7 +312,7 @@ class TargetConnection:
     # ---- timers ------------------------------------------------------------------------
     def get_timer(self) -> float | None:
         """When ``handle_timer`` wants to run next (NOP-In ping and its timeout)."""
-        if self.state is not State.FULL_FEATURE or self.portal.nop_interval <= 0:
+        if self._state is not State.FULL_FEATURE or self.portal.nop_interval <= 0:
             return None
         return self._ping[2] if self._ping is not None else self._next_ping
 

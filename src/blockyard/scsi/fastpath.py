@@ -95,16 +95,30 @@ def plan(unit: DiskUnit, cmd: ScsiCommand) -> tuple[int, int, bool, bool] | None
 def answer_now(unit: DiskUnit, cmd: ScsiCommand) -> ScsiResult | None:
     """The result of ``cmd`` if the fast path answers it without waiting and without a
     thread (a page-cache read or small write, or a read sent by reference); None, with
-    nothing started, otherwise."""
+    nothing started, otherwise.  (``read_now`` and ``write_now`` inlined: this runs for
+    every small command, where each call level costs.)"""
     io = plan(unit, cmd)
     if io is None:
         return None
     offset, length, writing, fua = io
-    if not writing:
-        return read_now(unit, cmd, offset, length)
-    if length > INLINE_WRITE_MAX or fua or unit.layer.sync_pwrite is None:
-        return None
-    return write_now(unit, cmd, offset, length, False)  # type: ignore[return-value]
+    layer = unit.layer
+    try:
+        if writing:
+            writer = layer.sync_pwrite
+            if writer is None or length > INLINE_WRITE_MAX or fua:
+                return None
+            writer(offset, cmd.data_out, False)  # type: ignore[arg-type]
+            return ScsiResult(data_out_used=length)
+        if cmd.by_reference and layer.sendfile_fd is not None:
+            return ScsiResult(data=FileSpan(layer.sendfile_fd, offset, length))
+        reader = layer.sync_pread
+        if reader is None or length > INLINE_READ_MAX:
+            return None
+        return ScsiResult(data=reader(offset, length))
+    except OSError as exc:
+        return _os_error(exc, writing)
+    except Exception:
+        return _bug(unit, cmd)
 
 
 def read_now(unit: DiskUnit, cmd: ScsiCommand, offset: int, length: int) -> ScsiResult | None:

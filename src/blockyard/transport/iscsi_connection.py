@@ -130,7 +130,9 @@ class IscsiConnection:
         self.core = TargetConnection(server.portal, local_address=address,
                                      now=self.loop.time(), owner=self)
         self.core.alloc = server.payloads.get  # write buffers, recycled after threaded writes
-        self.wire = IscsiWire(sock, self.loop, self.core.get_buffer, self._received, self._lost)
+        self._buffer_updated = self.core.reader.buffer_updated  # the core's reader, directly
+        self.wire = IscsiWire(sock, self.loop, self.core.reader.get_buffer, self._received,
+                              self._lost)
         server.connections.add(self)
         log.info("iscsi: connection from %s", self.peer)
         self.wire.resume_reading()
@@ -153,7 +155,7 @@ class IscsiConnection:
                  f"{self.reason}: {exc}" if exc else self.reason)
 
     def _received(self, nbytes: int) -> None:
-        self.core.buffer_updated(nbytes)
+        self._buffer_updated(nbytes)
         self._process()
 
     # ---- the core's events ---------------------------------------------------------------
