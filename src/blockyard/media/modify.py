@@ -130,16 +130,21 @@ async def media_clone(ctx: Context, src: str, dst: str, format: str | None = Non
     try:
         source = ctx.registry.resolve(src)
     except NotFoundError:
-        if not (os.path.isabs(src) and os.path.exists(src)):
+        if not (src.startswith("iscsi://") or (os.path.isabs(src) and os.path.exists(src))):
             raise
         return await _clone_file(ctx, src, dst, format, variant, kind, write_mode,
                                  description, register)
     async with locked_medium(ctx, source.uuid) as m:
-        if not os.path.exists(m.location):
+        remote = m.location.startswith("iscsi://")
+        if not remote and not os.path.exists(m.location):
             raise MediaError(f"{m.location}: no such file (the medium is inaccessible)")
         fmt = format or (m.format if m.format in CREATABLE else "raw")
         live = ctx.live.open_layer(m.uuid) if ctx.live else None
-        layer = live or builder.open_visible(m, ctx.lookup, read_only=True)
+        if live is None and remote:
+            live_remote: Layer | None = await _open_remote(m.location)
+        else:
+            live_remote = None
+        layer = live or live_remote or builder.open_visible(m, ctx.lookup, read_only=True)
         try:
             new = await _copy_into(layer, dst, fmt, variant)
         finally:
@@ -150,11 +155,22 @@ async def media_clone(ctx: Context, src: str, dst: str, format: str | None = Non
                                     write_mode or m.write_mode, desc, register)
 
 
+async def _open_remote(url: str) -> Layer:
+    """A remote iSCSI LUN, read-only, for cloning (secrets from the URL's keys or env)."""
+    from blockyard.transport.iscsi_initiator import open_remote
+
+    return await open_remote(url, read_only=True)
+
+
 async def _clone_file(ctx: Context, src: str, dst: str, fmt: str | None, variant: str,
                       kind: str | None, write_mode: str | None, description: str | None,
                       register: bool) -> dict[str, Any]:
-    src_fmt = probe(src)
-    layer = open_image(src, read_only=True, fmt=src_fmt)
+    if src.startswith("iscsi://"):  # a remote LUN given by URL: copy it as raw data
+        src_fmt = "raw"
+        layer: Layer = await _open_remote(src)
+    else:
+        src_fmt = probe(src)
+        layer = open_image(src, read_only=True, fmt=src_fmt)
     try:
         new = await _copy_into(layer, dst, fmt or (src_fmt if src_fmt in CREATABLE else "raw"),
                                variant)
