@@ -53,6 +53,7 @@ from blockyard.scsi.task import FileSpan, ScsiCommand, ScsiResult, TaskAttr
 if TYPE_CHECKING:
     from blockyard.iscsi.target import Payload, TargetConnection
 
+BULKY = 256 << 10  # answer_now data this large is worth sending from a thread (a hint)
 _COLLAPSE_OK = frozenset({0x00, 0x04})  # GOOD, CONDITION MET: no exception (§11.7.4)
 # §11.3.1 ATTR values 0-4 are SAM task attributes; 5-7 are reserved, taken as SIMPLE
 _ATTRS = tuple(TaskAttr(a) if a <= 4 else TaskAttr.SIMPLE for a in range(8))
@@ -159,15 +160,21 @@ def _answered_now(conn: TargetConnection, pdu: ScsiCommandPdu) -> bool:
         return False
     lun, itt = pdu.lun, pdu.itt
     cmd = ScsiCommand(pdu.cdb, (lun >> 48) & 0x3FFF, conn.nexus, data if write else None,
-                      edtl if read else 0, _ATTRS[pdu.attr], itt)
+                      edtl if read else 0, _ATTRS[pdu.attr], itt,
+                      read and 0 < conn.by_reference_min <= edtl and not conn.dd)
     assert conn.answer_now is not None
-    result = conn.answer_now(cmd)
+    try:
+        result = conn.answer_now(cmd)
+    except Exception:  # nothing was started (the I/O itself never raises): the task path
+        return False
     if result is None:
         return False
     w = conn.window
     exp = w.exp_cmdsn = (pdu.cmdsn + 1) & 0xFFFFFFFF  # what arrive() does with nothing early
     status, sense, out = result.status, result.sense, result.data
     n = len(out)
+    if n >= BULKY or type(out) is FileSpan:
+        conn.bulky = True
     if not status and not sense:
         p = conn.params
         if read:

@@ -103,9 +103,9 @@ class PduReader:
             self._compact()
         if len(self._buf) - self._end < want:
             self._grow(self._end + want)
-        view = memoryview(self._buf)[self._end:]
-        self._views.append(view)
-        return view
+        # Not tracked in _views: the transport is done with it when it calls
+        # buffer_updated, and _grow copies to a new buffer if a view is still alive.
+        return memoryview(self._buf)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         place = self._place

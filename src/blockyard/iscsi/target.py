@@ -85,6 +85,7 @@ class TargetConnection:
     def __init__(self, portal: PortalConfig, *, local_address: str = "", now: float = 0.0,
                  first_statsn: int | None = None, owner: object | None = None) -> None:
         self.portal = portal
+        self.timer_epoch = 0  # changes whenever get_timer's answer may have changed
         self.local_address = local_address
         self.owner = owner if owner is not None else self
         self.state = State.LOGIN  # also selects the row of _DISPATCH (see the setter)
@@ -111,6 +112,9 @@ class TargetConnection:
         # The SCSI layer's answer to a command it can answer at once, or None (nothing
         # started): such commands skip CommandReady (datapath._answered_now).
         self.answer_now: Callable[[ScsiCommand], ScsiResult | None] | None = None
+        self.by_reference_min = 0  # reads this large may be answered by reference (no DD)
+        self.bulky = False  # answer_now queued a FileSpan or much data (a hint to send it
+        # from a thread); the transport resets it
         self._ttt = secrets.randbits(31)
         self._now = now
         self._activity = False
@@ -124,6 +128,7 @@ class TargetConnection:
     @state.setter
     def state(self, value: State) -> None:
         self._state = value
+        self.timer_epoch += 1
         self._row = _ROWS[value]  # opcode -> handler, looked up once per PDU
         self._default = _DEFAULT[value]
 
@@ -318,6 +323,7 @@ class TargetConnection:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        self.timer_epoch += 1
         if self.state is State.FULL_FEATURE:
             control.nop_timer(self, now)
 
@@ -325,6 +331,7 @@ class TargetConnection:
         if self._ping is not None and self._ping[0] == ttt:
             self._next_ping = self._ping[1] + self.portal.nop_interval
             self._ping = None
+            self.timer_epoch += 1
 
     def complete_tmf(self, itt: int, response: int) -> None:
         """The SCSI layer has done its part of the TMF ``itt``: send the response."""

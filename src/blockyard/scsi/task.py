@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 Buffer = bytes | bytearray | memoryview
 
@@ -48,8 +49,10 @@ class TaskAttr(IntEnum):
     ACA = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Nexus:
+class Nexus(NamedTuple):
+    """An I_T nexus.  A tuple, so hashing and comparing it (per command, as a dict key
+    of unit attentions and reservations) run in C."""
+
     initiator_port: str  # "<iqn>,i,0x<isid>"
     target_port: str  # "<iqn>,t,0x<tpgt>"
 

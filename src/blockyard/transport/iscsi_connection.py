@@ -114,7 +114,6 @@ class IscsiConnection:
         self._busy = False
         self._threaded = False  # the corked replies hold a FileSpan or much data
         self._start: Callable[[ScsiCommand], Any] = _no_target
-        self._answer_now: Callable[[ScsiCommand], ScsiResult | None] | None = None
         self.session_key = "iscsi:-"  # bandwidth groups schedule per initiator (SESSION)
         self._paused = False
         self._flush_handle: asyncio.Handle | None = None
@@ -122,6 +121,7 @@ class IscsiConnection:
         self._wake_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._timer_epoch = -1  # the core's timer_epoch when the timer was last armed
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer, local = sock.getpeername(), sock.getsockname()
@@ -130,9 +130,10 @@ class IscsiConnection:
         self.core = TargetConnection(server.portal, local_address=address,
                                      now=self.loop.time(), owner=self)
         self.core.alloc = server.payloads.get  # write buffers, recycled after threaded writes
-        self._buffer_updated = self.core.reader.buffer_updated  # the core's reader, directly
-        self.wire = IscsiWire(sock, self.loop, self.core.reader.get_buffer, self._received,
+        reader = self.core.reader  # the wire fills the core's reader directly
+        self.wire = IscsiWire(sock, self.loop, reader.get_buffer, reader.buffer_updated,
                               self._lost)
+        self.wire.process = self._process
         server.connections.add(self)
         log.info("iscsi: connection from %s", self.peer)
         self.wire.resume_reading()
@@ -153,10 +154,6 @@ class IscsiConnection:
             if session is not None else "not logged in"
         log.info("iscsi: connection from %s closed (%s): %s", self.peer, who,
                  f"{self.reason}: {exc}" if exc else self.reason)
-
-    def _received(self, nbytes: int) -> None:
-        self._buffer_updated(nbytes)
-        self._process()
 
     # ---- the core's events ---------------------------------------------------------------
     def _process(self) -> None:
@@ -180,7 +177,8 @@ class IscsiConnection:
         finally:
             self._busy = False
         self._flush()
-        self._arm_timer()
+        if self.core.timer_epoch != self._timer_epoch:
+            self._arm_timer()
 
     def _on_login(self, event: LoginComplete) -> None:
         session = event.session
@@ -197,9 +195,8 @@ class IscsiConnection:
             self.session_key = f"iscsi:{session.initiator_name}"
             device = self.target.device
             self._start = getattr(device, "start", device.execute)
-            self._answer_now = getattr(device, "answer_now", None)
-            if self._answer_now is not None:
-                self.core.answer_now = self._answer
+            self.core.answer_now = getattr(device, "answer_now", None)
+            self.core.by_reference_min = THREAD_SEND_MIN if USE_SENDFILE else 0
         if event.replaced is not None and event.replaced is not self:
             cast(IscsiConnection, event.replaced).kill("session reinstated by a new login")
 
@@ -247,20 +244,6 @@ class IscsiConnection:
         if not self.closed:
             self._complete(event.itt, result)
             self._dirty()
-
-    def _answer(self, cmd: ScsiCommand) -> ScsiResult | None:
-        """``TargetConnection.answer_now``: the device's immediate answer, if any."""
-        if cmd.expected_in >= THREAD_SEND_MIN and USE_SENDFILE and not self.core.dd:
-            cmd.by_reference = True
-        try:
-            result = self._answer_now(cmd)  # type: ignore[misc]
-        except Exception:
-            result = _failure(cmd)
-        if result is not None:
-            data = result.data
-            if type(data) is FileSpan or len(data) >= THREAD_SEND_MIN:
-                self._threaded = True
-        return result
 
     def _write_in_thread(self, itt: int, write: ThreadedWrite) -> None:
         """An I/O thread: the write, then a wake-up of the loop (one serves many)."""
@@ -338,8 +321,8 @@ class IscsiConnection:
         out: list[Any] = self.core.data_to_send()
         if not out or self.wire.closed:
             return
-        if self._threaded:
-            self._threaded = False
+        if self._threaded or self.core.bulky:
+            self._threaded = self.core.bulky = False
             self.wire.send_threaded([FileRange(b.fd, b.offset, b.count)
                                      if type(b) is FileSpan else b for b in out])
             if self.wire.queued_bytes > WRITE_HIGH and not self._paused:
@@ -359,6 +342,7 @@ class IscsiConnection:
             self.wire.resume_reading()
 
     def _arm_timer(self) -> None:
+        self._timer_epoch = self.core.timer_epoch
         when = self.core.get_timer() if not self.closed else None
         if when == self._timer_at:
             return

@@ -18,6 +18,7 @@ would only answer EAGAIN is saved.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from blockyard.transport.sockwire import MAX_IOV, READ_BUDGET, Item, SocketWire, _consume
 
@@ -25,6 +26,10 @@ _DONTWAIT = socket.MSG_DONTWAIT
 
 
 class IscsiWire(SocketWire):
+    # called after each buffer_updated: the connection drains the core (one call level
+    # less than a buffer_updated that does both)
+    process: Callable[[], None] = staticmethod(lambda: None)
+
     def send(self, bufs: list[Item]) -> None:
         """Send a batch of small replies from the loop thread, never blocking."""
         if self._busy or self.closed or len(bufs) > MAX_IOV:
@@ -59,5 +64,6 @@ class IscsiWire(SocketWire):
                 self.close(None)
                 return
             updated(n)
+            self.process()
             if n < room or not self._reading or self.closed:
                 return
