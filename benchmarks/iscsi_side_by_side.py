@@ -266,7 +266,7 @@ def table(data: dict[str, Any], args: argparse.Namespace) -> str:
         headers += [f"{s} MiB/s", f"{s} IOPS", f"{s} cpu us/IO"]
     both = set(SERVERS) <= set(servers)
     if both:
-        headers.append("blockyard/tgtd")
+        headers += ["blockyard/tgtd", "per round"]
     rows, notes = [], []
     for w in args.workloads:
         row: list[Any] = [w.name]
@@ -278,9 +278,19 @@ def table(data: dict[str, Any], args: argparse.Namespace) -> str:
             notes += [f"{s} {w.name}: {v}" for v in values if isinstance(v, str)]
         if both:
             by, tgt = meds["blockyard"], meds["tgtd"]
-            row.append(ratio(by.iops if by else None, tgt.iops if tgt else None))
+            row += [ratio(by.iops if by else None, tgt.iops if tgt else None),
+                    round_ratios(data["runs"]["blockyard"].get(w.name, []),
+                                 data["runs"]["tgtd"].get(w.name, []))]
         rows.append(row)
     return format_table(headers, rows) + "".join(f"\n  ! {n}" for n in notes)
+
+
+def round_ratios(by: list[Run | str], tgt: list[Run | str]) -> str:
+    """The spread of the ratio within rounds (each round's blockyard run against the
+    tgtd run next to it): min-max."""
+    ratios = [a.iops / b.iops for a, b in zip(by, tgt, strict=False)
+              if isinstance(a, Run) and isinstance(b, Run) and b.iops]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
 
 
 def header(data: dict[str, Any], args: argparse.Namespace) -> str:
@@ -294,8 +304,9 @@ def header(data: dict[str, Any], args: argparse.Namespace) -> str:
     for name, info in data["infos"].items():
         lines.append(f"  {name}: {' '.join(info.get('cmd', []))}"
                      f"{'; ERROR ' + info['error'] if 'error' in info else ''}")
-    lines.append("  blockyard/tgtd = ratio of the median IOPS (same block size: also MiB/s);"
-                 " cpu us/IO = server CPU time (all threads) per command")
+    lines.append("  blockyard/tgtd = ratio of the median IOPS (same block size: also MiB/s), per"
+                 " round = its range over the rounds; cpu us/IO = server CPU time (all threads)"
+                 " per command")
     return "\n".join(lines)
 
 
