@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import uuid as uuidlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,7 +44,21 @@ UNIT_ATTENTION, NOT_READY = 0x6, 0x2
 RETRIES = 7
 MAX_IO = 4 << 20  # bytes per READ/WRITE command; larger requests are split and pipelined
 WRITE_SAME_CHUNK = 1 << 16  # blocks per WRITE SAME when the target states no limit
+REMOTE_FORMAT = "iscsi"  # the format name of a remote medium (registry, ImageInfo)
+# Registry UUIDs of remote LUNs: uuid5(REMOTE_NAMESPACE, VPD 83h identity), stable per LUN;
+# a differencing image over a LUN names it by this UUID (its link UUID).
+REMOTE_NAMESPACE = uuidlib.UUID("9beda132-119a-4ce5-a267-f29e3d54bb90")
 _ERRNO = {0x7: errno.EPERM, 0x3: errno.EIO, 0x4: errno.EIO, 0xB: errno.EIO}
+
+
+def is_remote(location: str) -> bool:
+    """True for a remote medium's location (an ``iscsi://`` URL)."""
+    return location.startswith("iscsi://")
+
+
+def identity_uuid(identity: str) -> str:
+    """The UUID a LUN with VPD 83h ``identity`` has as a medium (and as a parent)."""
+    return str(uuidlib.uuid5(REMOTE_NAMESPACE, identity.lower()))
 
 
 class ScsiPath(Protocol):
@@ -131,6 +146,7 @@ class RemoteLun(Layer):
         limit = props.limits.max_transfer * bs or self.max_io
         self._io_blocks = max(1, min(limit, self.max_io) // bs)
         self._sync16 = True
+        self._closed = False
         self._rmw = asyncio.Lock()
         prov, lim = props.provisioning, props.limits
         self._unmap = props.lbpme and prov.lbpu and lim.max_unmap_lbas > 0
@@ -301,4 +317,6 @@ class RemoteLun(Layer):
         return out or [Extent(min(length, bs - offset % bs), 0)]
 
     async def _close(self) -> None:
-        await self.path.close()
+        if not self._closed:  # a chain's borrowed base may be closed by more than one owner
+            self._closed = True
+            await self.path.close()

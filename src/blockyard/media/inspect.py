@@ -22,6 +22,10 @@ import uuid as uuidlib
 from blockyard.block.formats import open_image, probe
 from blockyard.block.formats.base import ImageInfo, ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.remote import REMOTE_FORMAT as REMOTE_FORMAT  # re-exported
+from blockyard.block.remote import REMOTE_NAMESPACE as REMOTE_NAMESPACE
+from blockyard.block.remote import identity_uuid
+from blockyard.block.remote import is_remote as is_remote
 from blockyard.errors import BlockyardError, MediaError
 from blockyard.media.context import Context
 from blockyard.media.model import Medium
@@ -48,15 +52,8 @@ def live_image(layer: Layer | None) -> ImageLayer | None:
 
 
 # ---- remote media -----------------------------------------------------------------------
-REMOTE_FORMAT = "iscsi"
-# Registry UUIDs of remote LUNs: uuid5(REMOTE_NAMESPACE, VPD 83h identity), stable per LUN.
-REMOTE_NAMESPACE = uuidlib.UUID("9beda132-119a-4ce5-a267-f29e3d54bb90")
 PROBE_LOGIN_TIMEOUT = 5.0
 _SECRET_SOURCES = {"secret_file", "secret_env", "target_secret_file", "target_secret_env"}
-
-
-def is_remote(location: str) -> bool:
-    return location.startswith("iscsi://")
 
 
 def stored_url(url: str) -> str:
@@ -79,7 +76,7 @@ def stored_url(url: str) -> str:
 def remote_uuid(info: ImageInfo, location: str) -> tuple[str, str]:
     """(registry UUID, uuid_source) of a remote LUN: from its identity when it has one."""
     if info.uuid:
-        return str(uuidlib.uuid5(REMOTE_NAMESPACE, info.uuid.lower())), "image"
+        return identity_uuid(info.uuid), "image"
     return str(uuidlib.uuid4()), "registry"
 
 
