@@ -20,11 +20,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from blockyard.block.chain_find import open_chain_file
 from blockyard.block.formats import create_image, probe
 from blockyard.block.hostcache import open_raw
 from blockyard.block.layer import Layer
+from blockyard.block.remote import is_remote
 from blockyard.errors import ConfigError, MediaError
+from blockyard.media.remote_chain import open_path
 from blockyard.transport.nbd_server import Export, ExportTable, NbdServer
 
 log = logging.getLogger("blockyard")
@@ -74,9 +75,14 @@ def default_state_dir() -> Path:
     return Path(base) / "blockyard"
 
 
-def open_export(decl: ExportDecl) -> Export:
+async def open_export(decl: ExportDecl) -> Export:
+    """A file (a differencing image with its whole chain, which may end at a remote
+    LUN: media/remote_chain.py) or an ``iscsi://`` URL through the initiator."""
     path = Path(decl.path)
     layer: Layer
+    if is_remote(decl.path):
+        layer = await open_path(decl.path, read_only=decl.read_only)
+        return Export(decl.name, layer, decl.description or decl.path, decl.read_only)
     if decl.create_size and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         layer = create_image(path, decl.create_size, decl.format or "raw")
@@ -87,19 +93,9 @@ def open_export(decl: ExportDecl) -> Export:
         fmt = decl.format or probe(path)
         if fmt == "raw" and not decl.host_cache:
             layer = open_raw(path, read_only=decl.read_only, host_cache=False)
-        else:  # a differencing image is served with its whole chain (block/chain_find.py)
-            layer = open_chain_file(str(path), read_only=decl.read_only, fmt=fmt)
+        else:
+            layer = await open_path(str(path), read_only=decl.read_only, fmt=fmt)
     return Export(decl.name, layer, decl.description, decl.read_only)
-
-
-async def _open(decl: ExportDecl) -> Export:
-    """A file through ``open_export``; an ``iscsi://`` URL through the initiator."""
-    if not decl.path.startswith("iscsi://"):
-        return open_export(decl)
-    from blockyard.transport.iscsi_initiator import open_remote
-
-    layer = await open_remote(decl.path, read_only=decl.read_only)
-    return Export(decl.name, layer, decl.description or decl.path, decl.read_only)
 
 
 def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable) -> None:
@@ -118,7 +114,7 @@ def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable)
 
 
 async def serve(plan: ServePlan) -> int:
-    exports = ExportTable([await _open(d) for d in plan.exports])
+    exports = ExportTable([await open_export(d) for d in plan.exports])
     nbd = NbdServer(exports)
     addrs = []
     try:

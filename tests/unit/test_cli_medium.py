@@ -18,11 +18,16 @@ from blockyard.util.progress import ProgressBar
 MiB = 1 << 20
 
 
+# file commands only: no registry of the machine's user may answer for a file name
+_ENV = {**{k: v for k, v in os.environ.items() if k != "BLOCKYARD_STATE_DIR"},
+        "XDG_STATE_HOME": "/nonexistent/blockyard-test-state"}
+
+
 def medium(*args: str, cwd: Path | None = None,
            stderr: int | None = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "blockyard", "medium", *args], cwd=cwd,
                           stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=_ENV)
 
 
 def info(path: Path, *extra: str) -> dict[str, object]:

@@ -26,7 +26,9 @@ Theory of operation:
 * ``extents`` resolves, level by level too, what the top reports as a bare
   HOLE (unallocated here, content from the parent), so block status and
   sparse copies see the disk as a client does;
-* ``close`` closes the images the chain owns, never the borrowed layer.
+* ``close`` closes the images the chain owns, and the layer below only when
+  it was handed over (``owns_below``: a remote LUN opened for this chain
+  alone); a shared base stays open for its owner.
 """
 
 from __future__ import annotations
@@ -160,12 +162,14 @@ def _at(offset: int, extents: list[Extent]) -> list[tuple[int, Extent]]:
 class ChainLayer(Layer):
     """A top image over its parents (and maybe a borrowed base); see the module docstring."""
 
-    def __init__(self, images: Sequence[ImageLayer], below: Layer | None = None) -> None:
+    def __init__(self, images: Sequence[ImageLayer], below: Layer | None = None, *,
+                 owns_below: bool = False) -> None:
         if not images:
             raise ValueError("a chain needs at least one image")
         super().__init__(images[0])
         self.images: list[ImageLayer] = list(images)
         self.below = below
+        self.owns_below = owns_below and below is not None
         link(self.images, below)
 
     @property
@@ -194,6 +198,11 @@ class ChainLayer(Layer):
             try:
                 await img.close()
             except BaseException as exc:  # close the rest, then report the first failure
+                first = first or exc
+        if self.owns_below and self.below is not None:
+            try:
+                await self.below.close()
+            except BaseException as exc:
                 first = first or exc
         if first is not None:
             raise first

@@ -31,7 +31,7 @@ NO_CID = 0xFFFFFFFF
 
 @dataclass
 class ParentFacts:
-    path: str  # absolute path of the parent's main file
+    path: str  # absolute path of the parent's main file (a remote LUN: its URL)
     format: str
     size: int
     uuid: str | None = None  # image UUID (for a raw parent: the registry's)
@@ -64,6 +64,12 @@ def facts_of(image: ImageLayer, uuid: str | None = None) -> ParentFacts:
     return ParentFacts(path=os.path.abspath(image.path), format=info.format, size=image.size,
                        uuid=(uuid or info.uuid or None), modification=info.modification_uuid,
                        cid=cid, mtime=mtime)
+
+
+def remote_facts(location: str, size: int, uuid: str | None) -> ParentFacts:
+    """What a child of a remote LUN records: its URL (no secrets) and the medium UUID
+    derived from the LUN's identity (``block.remote.identity_uuid``)."""
+    return ParentFacts(path=location, format="iscsi", size=size, uuid=uuid)
 
 
 def _same(a: str | None, b: str | None) -> bool:

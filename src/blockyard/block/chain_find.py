@@ -5,7 +5,10 @@ Where the parent of each differencing image is looked for, in order:
 1. the paths the child records, relative to the child's directory or
    absolute: VMDK ``parentFileNameHint`` (§2.5), VHD ``W2ru`` / ``W2ku``
    locators and the parent's unicode name (§3.5), the VDI comment hint
-   blockyard writes (``vdi_diff``);
+   blockyard writes (``vdi_diff``), which may be a remote LUN's
+   ``iscsi://`` URL: ``open_chain_path`` logs in with the opener it is given
+   (block never imports the transport) and checks the LUN's identity UUID
+   against the child's link UUID;
 2. for a child that names its parent by UUID (VDI link UUID, VHD parent
    unique ID, VirtualBox's ``ddb.uuid.parent``): every image in the child's
    directory and the directory above (VirtualBox keeps snapshot children in
@@ -22,14 +25,23 @@ one ``MediaError`` naming the child and saying what to do.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from blockyard.block.chain import ChainLayer
-from blockyard.block.chain_facts import LinkFacts, check_link, facts_of
+from blockyard.block.chain_facts import (
+    LinkFacts,
+    ParentFacts,
+    check_link,
+    facts_of,
+    remote_facts,
+)
 from blockyard.block.chain_link import is_child, link_of
 from blockyard.block.formats import open_image, probe
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
 from blockyard.block.raw import RawFile
+from blockyard.block.remote import identity_uuid, is_remote
 from blockyard.errors import BlockyardError, MediaError
 
 MAX_DEPTH = 256
@@ -42,6 +54,9 @@ def hint_paths(child: str, hints: list[str]) -> list[str]:
     base = os.path.dirname(os.path.abspath(child))
     out: list[str] = []
     for hint in hints:
+        if is_remote(hint):  # a remote LUN's URL (vdi_diff): logged into by the opener
+            out.append(hint)
+            continue
         forms = [hint]
         if "\\" in hint:  # a Windows-style locator: .\base.vhd, ..\x\base.vhd
             forms.append(hint.replace("\\", "/").removeprefix("./"))
@@ -126,8 +141,8 @@ def find_parent(child: str, link: LinkFacts) -> str:
     """
     other: str | None = None
     for path in hint_paths(child, link.hints):
-        if link.parent_uuid is None:
-            return path
+        if link.parent_uuid is None or is_remote(path):
+            return path  # a LUN's identity is checked once it is opened
         found = image_uuid(path)
         if found is None or found.lower() == link.parent_uuid.lower():
             return path  # a parent without a UUID of its own (raw) cannot disagree
@@ -145,9 +160,22 @@ def find_parent(child: str, link: LinkFacts) -> str:
                      "'blockyard medium add'")
 
 
-def open_chain_file(path: str, *, read_only: bool = False, fmt: str | None = None) -> Layer:
-    """``path`` (format ``fmt``, else probed) opened with every parent below it read-only;
-    a plain image when it has none."""
+OpenRemote = Callable[[str], Awaitable[Layer]]
+
+
+@dataclass
+class RemoteParent:
+    """The bottom of a file chain is a remote LUN: who names it and how."""
+
+    child: str  # the image whose parent the LUN is
+    url: str
+    link: LinkFacts
+
+
+def open_files(path: str, *, read_only: bool = False,
+               fmt: str | None = None) -> tuple[list[ImageLayer], RemoteParent | None]:
+    """``path`` and every file parent below it (read-only), top first; and the remote
+    LUN the last one names as its parent, if it does (opened by the caller)."""
     top = open_image(path, read_only=read_only, fmt=fmt)
     images = [top]
     seen = {os.path.realpath(path)}
@@ -158,6 +186,8 @@ def open_chain_file(path: str, *, read_only: bool = False, fmt: str | None = Non
                 raise MediaError(f"{path}: chain deeper than {MAX_DEPTH} images")
             link = link_of(cur)
             ppath = find_parent(cur.path, link)
+            if is_remote(ppath):
+                return images, RemoteParent(cur.path, ppath, link)
             if os.path.realpath(ppath) in seen:
                 raise MediaError(f"{cur.path}: its parent {ppath} is already in the chain "
                                  "(a cycle); relink or discard the child")
@@ -170,4 +200,49 @@ def open_chain_file(path: str, *, read_only: bool = False, fmt: str | None = Non
         for img in images:
             close_now(img)
         raise
-    return top if len(images) == 1 else ChainLayer(images)
+    return images, None
+
+
+def open_chain_file(path: str, *, read_only: bool = False, fmt: str | None = None) -> Layer:
+    """``path`` (format ``fmt``, else probed) opened with every parent below it read-only;
+    a plain image when it has none.  A chain over a remote LUN needs ``open_chain_path``."""
+    images, remote = open_files(path, read_only=read_only, fmt=fmt)
+    if remote is not None:
+        for img in images:
+            close_now(img)
+        raise MediaError(f"{remote.child}: its parent is the remote LUN {remote.url}, which "
+                         "only a command that logs in can open")
+    return images[0] if len(images) == 1 else ChainLayer(images)
+
+
+async def open_chain_path(path: str, *, read_only: bool = False, fmt: str | None = None,
+                          open_remote: OpenRemote | None = None) -> Layer:
+    """``open_chain_file``, and when the chain ends at a remote LUN, the LUN opened with
+    ``open_remote(url)`` (read-only) below it; the chain owns and closes it."""
+    if open_remote is None:
+        return open_chain_file(path, read_only=read_only, fmt=fmt)
+    images, remote = open_files(path, read_only=read_only, fmt=fmt)
+    if remote is None:
+        return images[0] if len(images) == 1 else ChainLayer(images)
+    try:
+        base = await open_remote(remote.url)
+    except BaseException as exc:
+        for img in images:
+            close_now(img)
+        if isinstance(exc, BlockyardError):
+            raise MediaError(f"{remote.child}: its parent cannot be opened: {exc}") from None
+        raise
+    try:
+        check_link(remote.child, remote.link, lun_facts(remote.url, base))
+    except BaseException:
+        for img in images:
+            close_now(img)
+        await base.close()
+        raise
+    return ChainLayer(images, below=base, owns_below=True)
+
+
+def lun_facts(url: str, lun: Layer) -> ParentFacts:
+    """The facts of an opened remote LUN as a parent (its identity gives the UUID)."""
+    identity = getattr(lun, "uuid", None)
+    return remote_facts(url, lun.size, identity_uuid(identity) if identity else None)

@@ -9,7 +9,8 @@ vmdk     a VMDK parent          ``formats.vmdk_child`` (§2.5)
 =======  =====================  ============================================
 
 A child of a raw parent (or of any format without differencing support of
-its own, e.g. Parallels) is a VDI: ``child_format`` picks it.
+its own, e.g. Parallels, or of a remote LUN) is a VDI: ``child_format``
+picks it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def create_child(path: str, parent: ParentFacts, fmt: str, **opts: Any) -> Image
     """Create a differencing image of format ``fmt`` over ``parent`` (never overwrites)."""
     if os.path.lexists(path):
         raise MediaError(f"{path}: already exists")
+    if parent.format == "iscsi" and fmt != "vdi":  # only a VDI can name a LUN (vdi_diff)
+        raise MediaError(f"{path}: a differencing image over a remote LUN is a VDI, "
+                         f"not {fmt}")
     return _module(fmt).create_child(path, parent, **opts)  # type: ignore[no-any-return]
 
 

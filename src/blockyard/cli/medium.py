@@ -127,22 +127,28 @@ def _create(args: argparse.Namespace) -> int:
 async def _create_child(args: argparse.Namespace) -> int:
     """``create CHILD --parent PARENT``: like VBoxManage createmedium --diffparent."""
     from blockyard.block.chain_facts import facts_of
-    from blockyard.block.chain_find import open_chain_file
+    from blockyard.block.chain_find import lun_facts
     from blockyard.block.chain_link import child_format, create_child
     from blockyard.media.chain_open import top_image
+    from blockyard.media.inspect import is_remote, stored_url
+    from blockyard.media.remote_chain import open_path
 
     if args.size or args.variant != "dynamic":
         raise MediaError(f"{args.file}: a differencing image takes its size from its parent "
                          "and is always dynamic; drop --size and --variant")
-    parent = open_chain_file(args.parent, read_only=True)  # the whole chain must open
+    # the whole chain must open; a remote LUN is logged into (its URL is kept without secrets)
+    parent = await open_path(args.parent, read_only=True)
     try:
-        facts = facts_of(top_image(parent))
+        remote = is_remote(args.parent)
+        facts = lun_facts(stored_url(args.parent), parent) if remote else \
+            facts_of(top_image(parent))
     finally:
         await parent.close()
     fmt = child_format(facts.format, args.format)
     child = create_child(os.path.abspath(args.file), facts, fmt)
     await child.close()
-    print(f"{args.file}: created {fmt} differencing image over {args.parent} "
+    shown = facts.path if facts.format == "iscsi" else args.parent  # a URL without secrets
+    print(f"{args.file}: created {fmt} differencing image over {shown} "
           f"({format_size(facts.size)})")
     return 0
 

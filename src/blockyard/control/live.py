@@ -51,6 +51,7 @@ from blockyard.media.chain_open import ClientDiffs
 from blockyard.media.inspect import is_remote
 from blockyard.media.model import Attachment, Medium
 from blockyard.media.registry import Registry
+from blockyard.media.remote_chain import open_base
 from blockyard.transport.nbd_server import Export, NbdServer
 
 log = logging.getLogger("blockyard.daemon")
@@ -95,6 +96,7 @@ class OpenMedium:
     exports: set[str] = field(default_factory=set)
     bandwidth: GroupBinding | None = None
     diffs: ClientDiffs | None = None  # per-client images (immutable, multiattach)
+    remote: Layer | None = None  # a remote LUN the stack borrows (closed after it)
 
 
 class LiveServer:
@@ -136,19 +138,24 @@ class LiveServer:
         """The medium's shared stack under its controller's host cache and its group."""
         binding = GroupBinding(self.groups, medium.bandwidth_group)
         remote = is_remote(medium.location)
-        opened = await builder.open_remote_medium(medium, read_only=self.read_only) \
-            if remote else None
+        lun: Layer | None
+        if remote:
+            lun = await builder.open_remote_medium(medium, read_only=self.read_only)
+        else:  # a chain may end at a remote LUN: its parents are only read
+            lun = await open_base(medium, self._lookup)
         try:
             served = builder.serve(
                 medium, self._lookup, state_dir=self.registry.state_dir,
                 children=self.registry.children, read_only=self.read_only,
-                host_cache=remote or self.registry.controller(att.controller).host_cache,
-                opened=opened, bandwidth=binding.wrap)
+                host_cache=lun is not None or self.registry.controller(att.controller).host_cache,
+                opened=lun if remote else None, base=None if remote else lun,
+                bandwidth=binding.wrap)
         except BaseException:
-            if opened is not None:
-                await opened.close()
+            if lun is not None:
+                await lun.close()
             raise
-        return OpenMedium(served.layer, served.hub, bandwidth=binding, diffs=served.diffs)
+        return OpenMedium(served.layer, served.hub, bandwidth=binding, diffs=served.diffs,
+                          remote=lun)
 
     def regroup(self, uuid: str, name: str | None) -> None:
         """Medium ``uuid`` is now in bandwidth group ``name`` (see the module docstring)."""
@@ -230,6 +237,8 @@ async def _close_medium(om: OpenMedium) -> None:
     if om.diffs is not None:
         await om.diffs.wait_closed()  # a session's own release may still be closing it
     await _close(om.layer)
+    if om.remote is not None:
+        await om.remote.close()  # a chain's borrowed LUN (closing twice is harmless)
 
 
 async def _close(layer: Layer) -> None:

@@ -30,8 +30,10 @@ Host cache, remote media, bandwidth groups (the daemon passes them in):
   and chains go through the page cache as before;
 * a remote medium (``iscsi://``, format ``iscsi``) cannot be opened here
   (logging in is asynchronous): the caller opens it with
-  ``open_remote_medium`` and hands it in as ``opened``.  The host cache
-  never applies to it;
+  ``open_remote_medium`` and hands it in as ``opened``; a chain that ends at
+  a remote LUN gets it as ``base`` (``media.remote_chain.open_base``), which
+  the chain borrows: the caller closes it after the stack.  The host cache
+  never applies to either;
 * ``bandwidth(layer, owns_inner)`` wraps what sessions get in the medium's
   bandwidth group (``BandwidthGroups.wrap(layer, group, None)``): the shared
   stack for normal, writethrough, shareable and readonly media, each
@@ -122,10 +124,13 @@ def open_uncached(medium: Medium, *, read_only: bool) -> ImageLayer:
 
 
 def open_visible(medium: Medium, lookup: Lookup, *, read_only: bool,
-                 host_cache: bool = True) -> Layer:
-    """The disk as a client sees it: the chain when there is a parent, else the file."""
+                 host_cache: bool = True, base: Layer | None = None) -> Layer:
+    """The disk as a client sees it: the chain when there is a parent, else the file.
+    ``base``: the remote LUN the chain ends at, logged into by the caller."""
     if not host_cache and medium.format == "raw" and not medium.parent_uuid:
         return open_uncached(medium, read_only=read_only)
+    if base is not None:
+        return CHAIN_OPENER(medium, lookup, read_only=read_only, base=base)
     return CHAIN_OPENER(medium, lookup, read_only=read_only)
 
 
@@ -151,7 +156,7 @@ def has_children(medium: Medium, children: Children | None) -> bool:
 
 def build(medium: Medium, lookup: Lookup, *, children: Children | None = None,
           read_only: bool = False, host_cache: bool = True,
-          opened: Layer | None = None) -> Layer:
+          opened: Layer | None = None, base: Layer | None = None) -> Layer:
     """The shared stack that serves ``medium`` (see the module docstring)."""
     if not medium.accessible:
         raise MediaError(f"{medium.location}: medium is inaccessible: {medium.last_error}")
@@ -159,9 +164,9 @@ def build(medium: Medium, lookup: Lookup, *, children: Children | None = None,
     if wrap is None:
         raise MediaError(f"{medium.location}: unknown write mode {medium.write_mode!r}")
     read_only = read_only or has_children(medium, children)
-    base = opened or open_visible(medium, lookup, read_only=read_only or
-                                  opens_read_only(medium), host_cache=host_cache)
-    layer = wrap(base, medium)
+    disk = opened or open_visible(medium, lookup, read_only=read_only or
+                                  opens_read_only(medium), host_cache=host_cache, base=base)
+    layer = wrap(disk, medium)
     return ReadOnly(layer) if read_only and not layer.read_only else layer
 
 
@@ -197,11 +202,12 @@ def _wrapped(factory: DiffFactory, bandwidth: SessionWrap) -> DiffFactory:
 def serve(medium: Medium, lookup: Lookup, *, state_dir: Path,
           children: Children | None = None, read_only: bool = False,
           host_cache: bool = True, opened: Layer | None = None,
-          bandwidth: SessionWrap | None = None) -> Served:
+          base: Layer | None = None, bandwidth: SessionWrap | None = None) -> Served:
     """``build`` plus the write-mode hub every session of the medium goes through."""
     read_only = read_only or medium.kind == "dvd" or has_children(medium, children)
     mode = "readonly" if read_only else medium.write_mode
-    layer = build(medium, lookup, read_only=read_only, host_cache=host_cache, opened=opened)
+    layer = build(medium, lookup, read_only=read_only, host_cache=host_cache, opened=opened,
+                  base=base)
     try:
         if mode == "normal":
             layer = SwapLayer(layer)

@@ -7,7 +7,10 @@ parent read-only -- and checks each link against the files
 (``chain_facts.check_link``: the parent's UUID, its modification UUID or
 CID, image-formats.md §1.4, §2.5, §3.5).  The registry is trusted for *which*
 file is the parent (VirtualBox finds VDI parents the same way); the files
-decide whether that parent is still the one the child was made on.
+decide whether that parent is still the one the child was made on.  The
+bottom of a chain may be a remote LUN (format ``iscsi``): the caller logs in
+(``media.remote_chain``) and hands the LUN in as ``base``; the chain borrows
+it, and a child's link UUID must be the LUN's identity UUID.
 
 ``ClientDiffs`` makes the ``diff_factory`` a ``MediumHub`` needs for the
 immutable and multiattach write modes (VirtualBox user manual §5.4): one
@@ -27,12 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from blockyard.block.chain import ChainLayer
-from blockyard.block.chain_facts import ParentFacts, check_link, facts_of, link_problem
+from blockyard.block.chain_facts import (
+    ParentFacts,
+    check_link,
+    facts_of,
+    link_problem,
+    remote_facts,
+)
 from blockyard.block.chain_find import close_now
 from blockyard.block.chain_link import create_child, is_child, link_of
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.remote import REMOTE_FORMAT
 from blockyard.errors import MediaError
 from blockyard.media.model import Medium
 
@@ -67,34 +77,74 @@ def parent_facts(image: ImageLayer, m: Medium) -> ParentFacts:
     return facts_of(image, uuid=m.uuid)
 
 
+def medium_facts(layer: Layer, m: Medium) -> ParentFacts:
+    """What a child of ``m`` (opened as ``layer``) records; a remote LUN is known from
+    its registry row (URL without secrets, size, identity UUID)."""
+    if m.format == REMOTE_FORMAT:
+        return remote_facts(m.location, layer.size, m.uuid)
+    return parent_facts(top_image(layer), m)
+
+
+def remote_root(medium: Medium, lookup: Lookup) -> Medium | None:
+    """The remote LUN at the bottom of ``medium``'s registered chain, if there is one."""
+    root = lineage(medium, lookup)[-1]
+    return root if root.format == REMOTE_FORMAT else None
+
+
 def open_chain(medium: Medium, lookup: Lookup, *, read_only: bool = False,
-               writable: frozenset[str] = frozenset()) -> Layer:
+               writable: frozenset[str] = frozenset(), base: Layer | None = None) -> Layer:
     """The registered chain of ``medium``; ``writable`` names parents to open read-write
-    (a snapshot merge target).  A medium without parents is opened alone."""
+    (a snapshot merge target).  A medium without parents is opened alone.
+
+    A chain that ends at a remote LUN borrows ``base``, the LUN opened by the caller
+    (logging in is asynchronous); its write flag is set here: writable only when it is
+    the medium itself (and not ``read_only``) or named in ``writable``."""
     rows = lineage(medium, lookup)
+    remote = rows.pop() if rows[-1].format == REMOTE_FORMAT else None
+    if remote is not None:
+        if base is None:
+            raise MediaError(f"{remote.location}: a remote LUN at the bottom of the chain of "
+                             f"{medium.location} must be logged into first")
+        _set_writable(base, remote.uuid in writable or (not rows and not read_only))
+        if not rows:
+            return base
     images: list[ImageLayer] = []
     try:
         for i, m in enumerate(rows):
             images.append(_open_row(m, (read_only or i > 0) and m.uuid not in writable))
         _check_links(rows, images)
-        if is_child(images[-1]):
+        if remote is not None and base is not None:
+            facts = remote_facts(remote.location, base.size, remote.uuid)
+            _check_link(rows[-1], images[-1], remote, facts)
+        elif is_child(images[-1]):
             raise MediaError(f"{rows[-1].location}: a differencing image registered without "
                              "its parent; remove it and add it again with --parent")
     except BaseException:
         for img in images:
             close_now(img)
         raise
+    if remote is not None:
+        return ChainLayer(images, below=base)
     return images[0] if len(images) == 1 else ChainLayer(images)
+
+
+def _set_writable(base: Layer, writable: bool) -> None:
+    base.read_only = not writable or bool(getattr(getattr(base, "props", None),
+                                                  "write_protected", False))
 
 
 def _check_links(rows: list[Medium], images: list[ImageLayer]) -> None:
     for i in range(1, len(rows)):
-        child_m, child, parent_m = rows[i - 1], images[i - 1], rows[i]
-        if not is_child(child):
-            raise MediaError(f"{child_m.location}: a {child.format_name} image cannot be "
-                             f"a differencing image, but the registry makes it a child of "
-                             f"{parent_m.location}; remove it and add it without --parent")
-        check_link(child_m.location, link_of(child), parent_facts(images[i], parent_m))
+        _check_link(rows[i - 1], images[i - 1], rows[i], parent_facts(images[i], rows[i]))
+
+
+def _check_link(child_m: Medium, child: ImageLayer, parent_m: Medium,
+                facts: ParentFacts) -> None:
+    if not is_child(child):
+        raise MediaError(f"{child_m.location}: a {child.format_name} image cannot be "
+                         f"a differencing image, but the registry makes it a child of "
+                         f"{parent_m.location}; remove it and add it without --parent")
+    check_link(child_m.location, link_of(child), facts)
 
 
 def top_image(layer: Layer) -> ImageLayer:
@@ -145,7 +195,7 @@ class ClientDiffs:
         self.medium = medium
         self.base = base
         self.state_dir = state_dir
-        self.parent = parent_facts(top_image(base), medium)
+        self.parent = medium_facts(base, medium)
         self.open = 0
         self._idle = asyncio.Event()
         self._idle.set()

@@ -114,6 +114,8 @@ def delete_files(paths: list[str]) -> list[str]:
     """Unlink each path; returns the problems (a missing file is not one)."""
     problems = []
     for p in paths:
+        if p.startswith("iscsi://"):  # a remote LUN is never deleted with its medium
+            continue
         try:
             os.unlink(p)
         except FileNotFoundError:

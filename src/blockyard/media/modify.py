@@ -24,12 +24,13 @@ from typing import Any
 from blockyard.block.formats import DRIVERS, create_image, open_image, probe
 from blockyard.block.layer import Layer
 from blockyard.errors import ConflictError, MediaError, NotFoundError
-from blockyard.media import builder, files
+from blockyard.media import files
 from blockyard.media.clone import copy_visible
 from blockyard.media.context import Context, locked_medium
-from blockyard.media.inspect import inspect_file
+from blockyard.media.inspect import inspect_file, is_remote
 from blockyard.media.model import DEFAULT_MODE, KINDS, WRITE_MODES, Medium
 from blockyard.media.ops import _insert_new, check_choice, view
+from blockyard.media.remote_chain import open_path, registered_chain
 from blockyard.util.aio import run_blocking
 from blockyard.util.units import parse_size
 
@@ -135,42 +136,26 @@ async def media_clone(ctx: Context, src: str, dst: str, format: str | None = Non
         return await _clone_file(ctx, src, dst, format, variant, kind, write_mode,
                                  description, register)
     async with locked_medium(ctx, source.uuid) as m:
-        remote = m.location.startswith("iscsi://")
-        if not remote and not os.path.exists(m.location):
+        if not is_remote(m.location) and not os.path.exists(m.location):
             raise MediaError(f"{m.location}: no such file (the medium is inaccessible)")
         fmt = format or (m.format if m.format in CREATABLE else "raw")
         live = ctx.live.open_layer(m.uuid) if ctx.live else None
-        if live is None and remote:
-            live_remote: Layer | None = await _open_remote(m.location)
-        else:
-            live_remote = None
-        layer = live or live_remote or builder.open_visible(m, ctx.lookup, read_only=True)
-        try:
-            new = await _copy_into(layer, dst, fmt, variant)
-        finally:
-            if live is None:
-                await layer.close()
+        if live is not None:
+            new = await _copy_into(live, dst, fmt, variant)
+        else:  # the registered chain, down to a remote LUN if it ends at one
+            async with registered_chain(m, ctx.lookup) as layer:
+                new = await _copy_into(layer, dst, fmt, variant)
         desc = m.description if description is None else description
         return await _register_copy(ctx, new, dst, kind or m.kind,
                                     write_mode or m.write_mode, desc, register)
 
 
-async def _open_remote(url: str) -> Layer:
-    """A remote iSCSI LUN, read-only, for cloning (secrets from the URL's keys or env)."""
-    from blockyard.transport.iscsi_initiator import open_remote
-
-    return await open_remote(url, read_only=True)
-
-
 async def _clone_file(ctx: Context, src: str, dst: str, fmt: str | None, variant: str,
                       kind: str | None, write_mode: str | None, description: str | None,
                       register: bool) -> dict[str, Any]:
-    if src.startswith("iscsi://"):  # a remote LUN given by URL: copy it as raw data
-        src_fmt = "raw"
-        layer: Layer = await _open_remote(src)
-    else:
-        src_fmt = probe(src)
-        layer = open_image(src, read_only=True, fmt=src_fmt)
+    # a remote LUN given by URL is copied as raw data; a file with its chain (flattened)
+    src_fmt = "raw" if is_remote(src) else probe(src)
+    layer = await open_path(src, read_only=True, fmt=None if is_remote(src) else src_fmt)
     try:
         new = await _copy_into(layer, dst, fmt or (src_fmt if src_fmt in CREATABLE else "raw"),
                                variant)

@@ -40,18 +40,27 @@ import os
 from typing import Any
 
 from blockyard.block.chain import ChainLayer
+from blockyard.block.chain_facts import remote_facts
 from blockyard.block.chain_link import relink
 from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats import open_image
-from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.remote import REMOTE_FORMAT
 from blockyard.errors import ConflictError, MediaError
 from blockyard.media import files, snapshot_merge
 from blockyard.media import snapshot_store as store
-from blockyard.media.chain_open import lineage, open_chain, parent_facts
+from blockyard.media.chain_open import lineage, parent_facts
 from blockyard.media.context import Context
 from blockyard.media.model import Medium
-from blockyard.media.snapshot_live import close_quietly, host_cache, live_swap, rekey, reopen
+from blockyard.media.remote_chain import registered_chain
+from blockyard.media.snapshot_live import (
+    chain_base,
+    close_quietly,
+    host_cache,
+    live_swap,
+    rekey,
+    reopen,
+)
 from blockyard.media.snapshot_merge import Progress, copy_down, needed_bytes
 from blockyard.media.snapshot_store import Disk, Snapshot
 from blockyard.media.snapshots import check_mode, locked_disk
@@ -106,7 +115,10 @@ def _log_progress(name: str) -> Progress:
 
 
 async def check_space(child: Medium, image: Medium) -> None:
-    """Refuse a merge the parent's file system has no room for (nothing is touched)."""
+    """Refuse a merge the parent's file system has no room for (nothing is touched).
+    A remote LUN has all its blocks already: nothing to check."""
+    if image.format == REMOTE_FORMAT:
+        return
     c = open_image(child.location, read_only=True, fmt=child.format)
     m = open_image(image.location, read_only=True, fmt=image.format)
     try:
@@ -132,7 +144,9 @@ async def _drop(ctx: Context, disk: Disk, snap: Snapshot, image: Medium) -> None
     files.delete_files([image.location])
 
 
-def image_of(chain: Layer, m: Medium) -> ImageLayer:
+def image_of(chain: Layer, m: Medium) -> Layer:
+    if m.format == REMOTE_FORMAT and isinstance(chain, ChainLayer) and chain.below is not None:
+        return chain.below  # the remote LUN the chain is built on
     images = chain.images if isinstance(chain, ChainLayer) else []
     for img in images:
         if os.path.abspath(img.path) == os.path.abspath(m.location):
@@ -146,19 +160,18 @@ async def _merge(ctx: Context, disk: Disk, snap: Snapshot, image: Medium, child:
     swap = live_swap(ctx, disk.current) if child.uuid in served else None  # else: not open
     writable = frozenset({image.uuid})
     if swap is None:
-        work = open_chain(child, ctx.lookup, read_only=True, writable=writable)
-        try:
+        async with registered_chain(child, ctx.lookup, writable=writable) as work:
             done = await copy_down(image_of(work, child), image_of(work, image), None, progress)
             await work.flush()
-        finally:
-            await close_quietly(work)
         await _finish(ctx, snap, image, child)
         files.delete_files([child.location])
         return done
     async with swap.paused() as old:  # 1: M writable under the sessions
         await old.flush()
+        base = chain_base(old)  # a remote LUN stays logged in (the daemon owns it)
         await close_quietly(old)
-        reopen(swap, disk.current, ctx.lookup, writable=writable, fallback=disk.current)
+        reopen(swap, disk.current, ctx.lookup, writable=writable, fallback=disk.current,
+               base=base)
     done = await _copy_live(ctx, swap, disk, snap, image, child, progress)
     if child.uuid == disk.current.uuid:
         rekey(ctx, child.uuid, image.uuid)
@@ -170,6 +183,7 @@ async def _copy_live(ctx: Context, swap: SwapLayer, disk: Disk, snap: Snapshot,
                      image: Medium, child: Medium, progress: Progress | None) -> int:
     is_current = child.uuid == disk.current.uuid
     work = swap.chain
+    base = chain_base(work)
     c_img, m_img = image_of(work, child), image_of(work, image)
     if is_current:
         swap.track()
@@ -179,7 +193,7 @@ async def _copy_live(ctx: Context, swap: SwapLayer, disk: Disk, snap: Snapshot,
         swap.untrack()
         async with swap.paused() as w:
             await close_quietly(w)
-            reopen(swap, disk.current, ctx.lookup)
+            reopen(swap, disk.current, ctx.lookup, base=base)
         raise
     async with swap.paused() as w:  # 3
         done += await copy_down(c_img, m_img, swap.untrack())
@@ -188,20 +202,23 @@ async def _copy_live(ctx: Context, swap: SwapLayer, disk: Disk, snap: Snapshot,
         try:
             await _finish(ctx, snap, image, child)
         except BaseException:
-            reopen(swap, disk.current, ctx.lookup)
+            reopen(swap, disk.current, ctx.lookup, base=base)
             raise
         now = ctx.lookup(image.uuid if is_current else disk.current.uuid)
-        reopen(swap, now, ctx.lookup, host_cache=host_cache(ctx, now))
+        reopen(swap, now, ctx.lookup, host_cache=host_cache(ctx, now), base=base)
     return done
 
 
 async def _finish(ctx: Context, snap: Snapshot, image: Medium, child: Medium) -> None:
     """Relink, then one registry transaction: M takes C's place (C is closed)."""
-    img = open_image(image.location, read_only=True, fmt=image.format)
-    try:
-        facts = parent_facts(img, image)
-    finally:
-        await img.close()
+    if image.format == REMOTE_FORMAT:  # a LUN keeps its identity when written
+        facts = remote_facts(image.location, image.virtual_size, image.uuid)
+    else:
+        img = open_image(image.location, read_only=True, fmt=image.format)
+        try:
+            facts = parent_facts(img, image)
+        finally:
+            await img.close()
     relink(child.location, child.format, facts)  # a crash from here on still opens
     kids = ctx.registry.children(child.uuid)
 

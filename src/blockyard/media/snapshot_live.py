@@ -10,6 +10,8 @@ delete share:
   served; refuses a medium served in a way that cannot be swapped;
 * ``stack_on``: a new child over an already open chain (take: nothing is
   closed or reopened, the old top becomes a read-only parent);
+* ``chain_base``: the remote LUN an open stack is built on -- it stays
+  logged in across every swap (the daemon closes it with the medium);
 * ``reopen``: open the registered chain of the current state again (with a
   lookup that may already see rows not yet committed), falling back to
   reopening the previous state when that fails, so a failed operation
@@ -26,6 +28,7 @@ from blockyard.block.chain_find import close_now
 from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.remote import RemoteLun
 from blockyard.errors import ConflictError
 from blockyard.media import builder
 from blockyard.media.chain_open import open_chain, top_image
@@ -64,6 +67,10 @@ def overlay(ctx: Context, *rows: Medium) -> Lookup:
 
 def stack_on(child: ImageLayer, old: Layer) -> ChainLayer:
     """``child`` over the open chain ``old``, whose top becomes a read-only parent."""
+    lun = old if isinstance(old, RemoteLun) else None
+    if lun is not None:  # the disk is a remote LUN: it becomes the child's borrowed base
+        lun.read_only = True
+        return ChainLayer([child], below=lun)
     top = top_image(old)
     top.read_only = True  # a parent is never written again
     if isinstance(old, ChainLayer):
@@ -71,25 +78,37 @@ def stack_on(child: ImageLayer, old: Layer) -> ChainLayer:
     return ChainLayer([child, top])
 
 
+def chain_base(layer: Layer) -> Layer | None:
+    """The remote LUN an open stack is built on (borrowed by its chain), or None."""
+    if isinstance(layer, RemoteLun):
+        return layer
+    if isinstance(layer, ChainLayer):
+        return layer.below if isinstance(layer.below, RemoteLun) else None
+    return chain_base(layer.inner) if layer.inner is not None else None
+
+
 def reopen(swap: SwapLayer, current: Medium, lookup: Lookup, *,
            writable: frozenset[str] = frozenset(), fallback: Medium | None = None,
-           fallback_lookup: Lookup | None = None, host_cache: bool = True) -> None:
+           fallback_lookup: Lookup | None = None, host_cache: bool = True,
+           base: Layer | None = None) -> None:
     """Inside ``swap.paused()`` with the old chain closed: install ``current``'s chain
-    (under its controller's host-cache policy, ``host_cache``)."""
+    (under its controller's host-cache policy, ``host_cache``; over the remote LUN
+    ``base`` the old one was built on, which stays open)."""
     try:
-        swap.replace(_open(current, lookup, writable, host_cache))
+        swap.replace(_open(current, lookup, writable, host_cache, base))
     except BaseException:
         if fallback is None:
             raise
         log.error("reopening %s failed; going back to %s", current.location, fallback.location)
-        swap.replace(_open(fallback, fallback_lookup or lookup, frozenset(), host_cache))
+        swap.replace(_open(fallback, fallback_lookup or lookup, frozenset(), host_cache, base))
         raise
 
 
-def _open(m: Medium, lookup: Lookup, writable: frozenset[str], host_cache: bool) -> Layer:
+def _open(m: Medium, lookup: Lookup, writable: frozenset[str], host_cache: bool,
+          base: Layer | None) -> Layer:
     if writable:
-        return open_chain(m, lookup, writable=writable)
-    return builder.open_visible(m, lookup, read_only=False, host_cache=host_cache)
+        return open_chain(m, lookup, writable=writable, base=base)
+    return builder.open_visible(m, lookup, read_only=False, host_cache=host_cache, base=base)
 
 
 def host_cache(ctx: Context, m: Medium) -> bool:

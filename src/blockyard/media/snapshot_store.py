@@ -13,7 +13,8 @@ medium instead of per machine:
 * the differencing images snapshots make are *managed*: registered media
   (children of the image they were made on), stored like VirtualBox's as
   ``<root's directory>/Snapshots/{uuid}.<format>`` -- that name is how one is
-  told apart from a child the user made;
+  told apart from a child the user made; a remote LUN has no directory, so
+  its snapshots' images live under ``STATE/remote/<LUN uuid>/Snapshots/``;
 * the current state is the root while the disk has no snapshots, else the
   one managed image that has no children and holds no snapshot.
 
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from blockyard.block.remote import REMOTE_FORMAT
 from blockyard.errors import ConflictError, NotFoundError
 from blockyard.media.model import Medium
 from blockyard.media.registry import Registry
@@ -54,7 +56,10 @@ def _row(r: sqlite3.Row) -> Snapshot:
                     r["created_at"])
 
 
-def snapshot_dir(root: Medium) -> Path:
+def snapshot_dir(root: Medium, state_dir: Path) -> Path:
+    """Beside the root's file; for a remote LUN, ``STATE/remote/<root uuid>/Snapshots``."""
+    if root.format == REMOTE_FORMAT:
+        return state_dir / "remote" / root.uuid / FOLDER
     return Path(root.location).parent / FOLDER
 
 

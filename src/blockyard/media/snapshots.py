@@ -27,18 +27,27 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+from blockyard.block.chain_facts import remote_facts
 from blockyard.block.chain_link import child_format, create_child
 from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
+from blockyard.block.remote import REMOTE_FORMAT
 from blockyard.errors import ConflictError
 from blockyard.media import files
 from blockyard.media import snapshot_store as store
-from blockyard.media.chain_open import open_chain, parent_facts, top_image
+from blockyard.media.chain_open import medium_facts, open_chain
 from blockyard.media.context import Context, medium_lock
 from blockyard.media.model import Medium
-from blockyard.media.snapshot_live import close_quietly, live_swap, overlay, rekey, stack_on
+from blockyard.media.snapshot_live import (
+    chain_base,
+    close_quietly,
+    live_swap,
+    overlay,
+    rekey,
+    stack_on,
+)
 from blockyard.media.snapshot_store import Disk, Snapshot
 
 EXCLUDED = {
@@ -66,11 +75,11 @@ def locked_disk(ctx: Context, ref: str) -> tuple[Medium, AbstractAsyncContextMan
     return root, medium_lock(ctx, root.uuid, repr(ref))
 
 
-def new_state(disk: Disk, on: Medium) -> Medium:
+def new_state(disk: Disk, on: Medium, state_dir: Path) -> Medium:
     """The row of a new current state: a managed child of ``on`` (the root's folder)."""
     fmt = child_format(on.format)
     uid = str(uuidlib.uuid4())
-    path = store.snapshot_dir(disk.root) / f"{uid}.{fmt}"
+    path = store.snapshot_dir(disk.root, state_dir) / f"{uid}.{fmt}"
     cur = disk.current
     return Medium(uuid=uid, kind=cur.kind, format=fmt, location=str(path), parent_uuid=on.uuid,
                   write_mode=cur.write_mode, virtual_size=on.virtual_size,
@@ -79,11 +88,16 @@ def new_state(disk: Disk, on: Medium) -> Medium:
 
 def make_child(row: Medium, over: Layer, on: Medium) -> ImageLayer:
     Path(row.location).parent.mkdir(parents=True, exist_ok=True)
-    return create_child(row.location, parent_facts(top_image(over), on), row.format,
+    return create_child(row.location, medium_facts(over, on), row.format,
                         image_uuid=row.uuid)
 
 
 async def make_child_offline(row: Medium, on: Medium) -> None:
+    if on.format == REMOTE_FORMAT:  # a LUN's facts are its registry row's
+        facts = remote_facts(on.location, on.virtual_size, on.uuid)
+        Path(row.location).parent.mkdir(parents=True, exist_ok=True)
+        await create_child(row.location, facts, row.format, image_uuid=row.uuid).close()
+        return
     img = open_image(on.location, read_only=True, fmt=on.format)
     try:
         child = make_child(row, img, on)
@@ -103,7 +117,7 @@ async def snapshot_take(ctx: Context, ref: str, name: str | None = None,
         parent = disk.current_snapshot
         snap = Snapshot(str(uuidlib.uuid4()), name or f"Snapshot {len(disk.snaps) + 1}",
                         description, parent.uuid if parent else None, cur.uuid, "")
-        row = new_state(disk, cur)
+        row = new_state(disk, cur, ctx.registry.state_dir)
         swap = live_swap(ctx, cur)
         if swap is not None:
             await _take_live(ctx, swap, cur, row, snap)
@@ -154,7 +168,7 @@ async def snapshot_restore(ctx: Context, ref: str, snapshot: str) -> dict[str, A
         snap = disk.find(snapshot)
         on = ctx.lookup(snap.medium_uuid)
         cur = disk.current
-        row = new_state(disk, on)
+        row = new_state(disk, on, ctx.registry.state_dir)
         await make_child_offline(row, on)
         swap = live_swap(ctx, cur)
         if swap is not None:
@@ -170,8 +184,9 @@ async def snapshot_restore(ctx: Context, ref: str, snapshot: str) -> dict[str, A
 async def _restore_live(ctx: Context, swap: SwapLayer, cur: Medium, row: Medium) -> None:
     async with swap.paused() as old:
         await old.flush()
+        base = chain_base(old)  # a remote LUN the disk is built on stays logged in
         try:
-            new = open_chain(row, overlay(ctx, row))
+            new = open_chain(row, overlay(ctx, row), base=base)
         except BaseException:
             files.delete_files([row.location])
             raise
@@ -182,7 +197,8 @@ async def _restore_live(ctx: Context, swap: SwapLayer, cur: Medium, row: Medium)
             files.delete_files([row.location])
             raise
         swap.replace(new)
-    await close_quietly(old)
+    if old is not base:
+        await close_quietly(old)
 
 
 def _commit_restore(ctx: Context, cur: Medium, row: Medium) -> None:

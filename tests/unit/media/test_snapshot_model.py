@@ -100,7 +100,7 @@ class Harness:
             assert bytes(await frozen.pread(0, SIZE)) == self.snaps[s.uuid], s.name
             await frozen.close()
         managed = {m.location for m in disk.media[1:]}
-        folder = store.snapshot_dir(disk.root)
+        folder = store.snapshot_dir(disk.root, self.reg.state_dir)
         on_disk = {str(folder / f) for f in os.listdir(folder)} if folder.exists() else set()
         assert on_disk == managed  # no file left behind, none missing
         assert self.reg.integrity() == []

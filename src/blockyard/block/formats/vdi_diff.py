@@ -10,6 +10,10 @@ parent's path, relative to the child, into the header's free-text comment
 (0x054, which VirtualBox shows as nothing and never checks)::
 
     blockyard-parent: ../base.img
+    blockyard-parent: iscsi://alice@san.example:3260/iqn.2026-11.org.x:disks/1
+
+A remote LUN parent is named by its URL without secrets (they come from
+``secret_file=`` / ``secret_env=`` or the environment when the chain opens).
 
 Any VDI reader ignores it; blockyard's chain finder uses it only after the
 UUID scan found nothing.
@@ -39,6 +43,13 @@ def _uuid_or_null(text: str | None) -> uuid.UUID:
 
 
 def comment_for(child: str, parent: ParentFacts) -> bytes:
+    if "://" in parent.path:  # a remote LUN: its URL as it is
+        raw = HINT_PREFIX + parent.path.encode("utf-8")
+        if len(raw) >= 256:
+            raise MediaError(f"{child}: the parent URL is longer than a VDI comment holds "
+                             f"({len(raw) - len(HINT_PREFIX)} bytes, at most "
+                             f"{255 - len(HINT_PREFIX)}); shorten it (drop optional keys)")
+        return raw.ljust(256, b"\0")
     rel = os.path.relpath(parent.path, os.path.dirname(os.path.abspath(child)))
     raw = HINT_PREFIX + rel.encode("utf-8")
     if len(raw) >= 256:  # §1.2: 256 bytes, NUL terminated; fall back to the absolute path
