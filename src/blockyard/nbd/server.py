@@ -33,19 +33,19 @@ that fails validation gets its error reply queued and produces no event.
 Replies to valid requests are the application's, built with ``replies``.
 Payloads of 64 KiB and more are received into a buffer of their own (no
 copy on the zero-copy path); smaller ones are copied out of the input
-buffer once.
+buffer once.  That half is the ``ServerTransmission`` mixin
+(``server_transmission``); the handshake and options are here.
 """
 
 from __future__ import annotations
 
-import errno
 import struct
 from collections.abc import Callable
 from enum import Enum
 
 from blockyard.errors import LocalProtocolError, RemoteProtocolError
 from blockyard.nbd import constants as c
-from blockyard.nbd import replies, wire
+from blockyard.nbd import wire
 from blockyard.nbd.events import (
     NEED_DATA,
     Disconnect,
@@ -53,10 +53,9 @@ from blockyard.nbd.events import (
     ExportSpec,
     ListQuery,
     Negotiated,
-    Request,
 )
-from blockyard.nbd.inbuf import DIRECT_PAYLOAD, InputBuffer
-from blockyard.nbd.validate import validate_request
+from blockyard.nbd.inbuf import InputBuffer
+from blockyard.nbd.server_transmission import ServerTransmission
 
 CONTEXT_IDS = {c.BASE_ALLOCATION: 1}
 
@@ -75,7 +74,7 @@ class State(Enum):
     CLOSED = "closed"
 
 
-class ServerConnection(InputBuffer):
+class ServerConnection(ServerTransmission):
     """One NBD connection, server side; see the module docstring."""
 
     def __init__(self, *, handshake_flags: int = c.HandshakeFlag.FIXED_NEWSTYLE
@@ -136,6 +135,10 @@ class ServerConnection(InputBuffer):
         self.state = State.CLOSED
         return RemoteProtocolError(message)
 
+    def _disconnect(self, reason: str) -> Disconnect:
+        self.state = State.CLOSED
+        return Disconnect(reason)
+
     def _client_flags(self) -> object:
         raw = self._take(4)
         if raw is None:
@@ -191,8 +194,7 @@ class ServerConnection(InputBuffer):
 
     def _opt_abort(self, opt: int, data: bytes) -> object:
         self._reply(opt, Rep.ACK)
-        self.state = State.CLOSED
-        return Disconnect("client sent NBD_OPT_ABORT")
+        return self._disconnect("client sent NBD_OPT_ABORT")
 
     def _opt_list(self, opt: int, data: bytes) -> object | None:
         if data:
@@ -316,89 +318,6 @@ class ServerConnection(InputBuffer):
             self._reply(Opt.LIST, Rep.SERVER, wire.lp_string(name) + description.encode())
         self._reply(Opt.LIST, Rep.ACK)
         self.state = State.OPTIONS
-
-    # ---- transmission ----------------------------------------------------------------
-    def _next_request(self) -> object:
-        while True:
-            if self._skip and not self._do_skip():
-                return NEED_DATA
-            if self._pending is not None:
-                event = self._finish_payload()
-                if event is None:
-                    return NEED_DATA
-                if event is False:
-                    continue
-            else:
-                event = self._parse_request()
-                if event is NEED_DATA:
-                    return NEED_DATA
-            if event is not None:
-                return event
-
-    def _parse_request(self) -> object | None:
-        start = self._start
-        if self._end - start < 28:
-            return NEED_DATA
-        magic, flags, cmd, cookie, offset, length = wire.REQUEST.unpack_from(self._buf, start)
-        if magic != c.REQUEST_MAGIC:
-            raise self._fail(f"bad request magic {magic:#x}")
-        if cmd == 1:  # NBD_CMD_WRITE carries a payload
-            return self._parse_write(flags, cookie, offset, length)
-        self._start = start + 28
-        return self._validated(cmd, flags, cookie, offset, length, None)
-
-    def _parse_write(self, flags: int, cookie: int, offset: int, length: int) -> object | None:
-        spec = self.negotiated.export
-        assert spec is not None
-        if length > spec.max_block:  # too big to buffer: discard it, answer EINVAL
-            self._start += 28
-            self._skip = length
-            self._after_skip = replies.error(cookie, errno.EINVAL, self.negotiated.structured,
-                                             "write larger than the maximum block size")
-            return None
-        avail = self._end - self._start - 28
-        if avail >= length:
-            begin = self._start + 28
-            payload = bytes(self._buf[begin:begin + length])
-            self._start = begin + length
-            return self._validated(1, flags, cookie, offset, length, payload)
-        if length < DIRECT_PAYLOAD:
-            if self._start + 28 + length > len(self._buf):
-                self._compact()
-            return NEED_DATA
-        self._start += 28
-        self._payload = self.alloc_payload(length)
-        self._payload[:avail] = self._buf[self._start:self._start + avail]
-        self._pfill = avail
-        self._start += avail
-        self._pending = (flags, cookie, offset, length, 1)
-        return None
-
-    def _finish_payload(self) -> object | None:
-        assert self._payload is not None and self._pending is not None
-        if self._pfill < len(self._payload):
-            return None
-        flags, cookie, offset, length, cmd = self._pending
-        payload, self._payload, self._pending = self._payload, None, None
-        event = self._validated(cmd, flags, cookie, offset, length, payload)
-        return event if event is not None else False  # False: consumed, keep parsing
-
-    def _validated(self, cmd: int, flags: int, cookie: int, offset: int, length: int,
-                   payload: bytes | bytearray | None) -> object | None:
-        spec = self.negotiated.export
-        assert spec is not None
-        if cmd == 2:  # NBD_CMD_DISC
-            self.state = State.CLOSED
-            return Disconnect("client sent NBD_CMD_DISC")
-        err = validate_request(self.negotiated, spec, cmd, flags, offset, length)
-        if err:
-            self._out.append(replies.error(cookie, err[0], self.negotiated.structured, err[1]))
-            return None
-        return Request(cmd, flags, cookie, offset, length, payload)
-
-    def has_pending_input(self) -> bool:
-        """True while a request is half received (for graceful shutdown decisions)."""
-        return self._payload is not None or self._end > self._start
 
 
 def _match_contexts(queries: list[str], listing: bool) -> list[str]:
