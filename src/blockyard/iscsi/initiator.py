@@ -73,7 +73,7 @@ from blockyard.iscsi.keys import Params
 from blockyard.iscsi.pdu import Buffer, Pdu
 from blockyard.iscsi.pdu_initiator import LoginRequest
 from blockyard.iscsi.pdu_target import R2T, DataIn, LoginResponse, ScsiResponse
-from blockyard.iscsi.serial import sn_add, sn_diff, sn_le, sn_lt
+from blockyard.iscsi.serial import HALF, MASK, sn_diff
 
 S = InitiatorState
 LOGIN_SEGMENT = 8192  # §13.12: what either side may send during login
@@ -179,18 +179,20 @@ class InitiatorConnection:
     # ---- numbering -------------------------------------------------------------------
     def update_window(self, exp_cmdsn: int, max_cmdsn: int) -> None:
         """§4.2.2.1: ignore a MaxCmdSN below ExpCmdSN - 1; move both only forward."""
-        if sn_lt(max_cmdsn, sn_add(exp_cmdsn, -1 & 0xFFFFFFFF)):
+        # serial arithmetic inline (a < b  <=>  0 < (b - a) mod 2**32 < 2**31): every PDU
+        # from the target comes through here
+        if 0 < (exp_cmdsn - 1 - max_cmdsn) & MASK < HALF:  # MaxCmdSN < ExpCmdSN - 1
             return
-        if sn_lt(self.exp_cmdsn, exp_cmdsn):
+        if 0 < (exp_cmdsn - self.exp_cmdsn) & MASK < HALF:
             self.exp_cmdsn = exp_cmdsn
-        if sn_lt(self.max_cmdsn, max_cmdsn):
+        if 0 < (max_cmdsn - self.max_cmdsn) & MASK < HALF:
             self.max_cmdsn = max_cmdsn
             if self.queue:
                 self.pump()
 
     def advance_statsn(self, statsn: int) -> None:
-        if sn_le(self.exp_statsn, statsn):
-            self.exp_statsn = sn_add(statsn, 1)
+        if (statsn - self.exp_statsn) & MASK < HALF:
+            self.exp_statsn = (statsn + 1) & MASK
 
     @property
     def window_open(self) -> int:
@@ -246,14 +248,23 @@ class InitiatorConnection:
 
     def pump(self) -> None:
         """Send queued commands while the CmdSN window is open (§4.2.2.1)."""
-        queue, params = self.queue, self.params
-        while queue and not self.ctl.draining and sn_le(self.cmdsn, self.max_cmdsn):
+        queue = self.queue
+        if not queue or self.ctl.draining:
+            return
+        params, tasks = self.params, self.tasks
+        plain = not (self.hd or self.dd)
+        out = self.out
+        while queue and (self.max_cmdsn - self.cmdsn) & MASK < HALF:  # CmdSN <= MaxCmdSN
             cmd = queue.popleft()
-            cmd.itt = self.new_itt()
+            cmd.itt = itt = self.new_itt()
             cmd.cmdsn = self.cmdsn
-            self.cmdsn = sn_add(self.cmdsn, 1)
-            self.tasks[cmd.itt] = cmd
-            for header, data in command_pdus(cmd, self.exp_statsn, params):
+            self.cmdsn = (self.cmdsn + 1) & MASK
+            tasks[itt] = cmd
+            pdus = command_pdus(cmd, self.exp_statsn, params)
+            if plain and len(pdus) == 1 and not pdus[0][1]:
+                out.append(pdus[0][0])  # a command without data (a read): the header alone
+                continue
+            for header, data in pdus:
                 self.emit(header, data)
 
     def complete(self, cmd: Command) -> None:

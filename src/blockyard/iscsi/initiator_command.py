@@ -31,13 +31,18 @@ from typing import Any
 
 from blockyard.errors import RemoteProtocolError
 from blockyard.iscsi.constants import (
+    CMD_ATTR_MASK,
+    CMD_FINAL,
+    CMD_READ,
+    CMD_WRITE,
     RESERVED_TAG,
     RSP_OVERFLOW,
     RSP_UNDERFLOW,
+    Opcode,
     RejectReason,
 )
 from blockyard.iscsi.keys import Params
-from blockyard.iscsi.pdu import Buffer, encode_lun
+from blockyard.iscsi.pdu import SCSI_CMD, Buffer, encode_lun
 from blockyard.iscsi.pdu_initiator import DataOut, ScsiCommandPdu
 from blockyard.iscsi.pdu_target import R2T, DataIn, ScsiResponse
 
@@ -101,26 +106,37 @@ class Command:
 
 def command_pdus(cmd: Command, exp_statsn: int, params: Params) -> Emit:
     """The SCSI Command PDU with its immediate data, and any unsolicited Data-Out."""
-    lun = encode_lun(cmd.lun)
     out = cmd.data_out
     if out is None:
-        pdu = ScsiCommandPdu(read=cmd.read_len > 0, attr=cmd.attr, lun=lun, itt=cmd.itt,
-                             edtl=cmd.read_len, cmdsn=cmd.cmdsn, exp_statsn=exp_statsn,
-                             cdb=cmd.cdb)
-        return [(pdu.encode_header(), b"")]
+        return [(_command_header(cmd, cmd.read_len > 0, False, True, 0, exp_statsn), b"")]
     total = len(out)
     view = out if type(out) is memoryview else memoryview(out)
     first = min(params.first_burst_length, total)
     seg = params.peer_max_recv_data_segment
     imm = min(first, seg) if params.immediate_data else 0
     unsolicited = 0 if params.initial_r2t else first - imm
-    pdu = ScsiCommandPdu(final=not unsolicited, write=True, attr=cmd.attr, lun=lun,
-                         itt=cmd.itt, edtl=total, cmdsn=cmd.cmdsn, exp_statsn=exp_statsn,
-                         cdb=cmd.cdb, data=view[:imm])
-    emit: Emit = [(pdu.encode_header(), view[:imm])]
+    emit: Emit = [(_command_header(cmd, False, True, not unsolicited, imm, exp_statsn),
+                   view[:imm])]
     if unsolicited:
         emit += data_out_sequence(cmd, view, imm, first - imm, RESERVED_TAG, exp_statsn, seg)
     return emit
+
+
+def _command_header(cmd: Command, read: bool, write: bool, final: bool, dsl: int,
+                    exp_statsn: int) -> bytes:
+    """The BHS of ``cmd`` (§11.3): packed at once for CDBs of up to 16 bytes (no AHS)."""
+    cdb = cmd.cdb
+    if len(cdb) > 16:
+        return ScsiCommandPdu(final=final, read=read, write=write, attr=cmd.attr,
+                              lun=encode_lun(cmd.lun), itt=cmd.itt, edtl=cmd.read_len or
+                              (len(cmd.data_out) if cmd.data_out is not None else 0),
+                              cmdsn=cmd.cmdsn, exp_statsn=exp_statsn, cdb=cdb,
+                              data=b"\0" * dsl).encode_header()
+    flags = (cmd.attr & CMD_ATTR_MASK) | (CMD_FINAL if final else 0) | \
+        (CMD_READ if read else 0) | (CMD_WRITE if write else 0)
+    edtl = len(cmd.data_out) if write and cmd.data_out is not None else cmd.read_len
+    return SCSI_CMD.pack(Opcode.SCSI_COMMAND, flags, 0, 0, dsl, encode_lun(cmd.lun), cmd.itt,
+                         edtl, cmd.cmdsn, exp_statsn, cdb)
 
 
 def data_out_sequence(cmd: Command, view: memoryview, offset: int, length: int, ttt: int,

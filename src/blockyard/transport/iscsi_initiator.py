@@ -180,18 +180,24 @@ class IscsiSession:
         lost for good) raises BlockError naming the URL.
         """
         cmd = Command(cdb, lun, data_out, read_len, into, timeout)
-        fut: asyncio.Future[Command] = self.loop.create_future()
+        loop, core = self.loop, self.core
+        fut: asyncio.Future[Command] = loop.create_future()
         cmd.token = fut
-        if self.core.revive(self.loop.time()):
+        now = loop.time()
+        if core.state is SessionState.FAILED and core.revive(now):
             log.warning("iscsi: %s: new request after the session was lost; reconnecting",
                         self.display)
-            self._reconnect = self.loop.create_task(self._reconnect_loop(self.loop.time()))
-        self.core.submit(cmd, self.loop.time())
+            self._reconnect = loop.create_task(self._reconnect_loop(now))
+        core.submit(cmd, now)
         if cmd.done:  # the session has failed or is closed
             raise _block_error(self.display, cmd)
-        if self.proto is not None and self.core.conn is not None and not self.proto.closed:
-            self.proto.soon()
-        await fut
+        proto = self.proto
+        if proto is not None and core.conn is not None and not proto.closed:
+            proto.soon()
+        try:
+            await fut
+        finally:
+            cmd.token = None  # no future <-> command cycle: buffers go when the caller lets go
         if cmd.error:
             raise _block_error(self.display, cmd)
         return cmd

@@ -181,3 +181,34 @@ async def test_check_condition_message_and_errno() -> None:
     path.script = [(2, fixed_sense(5, 0x20, 0))]  # SYNCHRONIZE CACHE(16) unknown: use (10)
     await remote.flush()
     assert path.ops()[-2:] == [0x91, 0x35]
+
+
+async def test_read_retried_once_per_answer_and_error_names_the_lba() -> None:
+    path = FakePath()
+    remote = lun(path)
+    path.disk[:BS] = b"\x5a" * BS
+    path.script = [(2, fixed_sense(6, 0x29, 0x07))]
+    assert bytes(await remote.pread(0, BS)) == b"\x5a" * BS
+    assert path.ops() == [0x88, 0x88]  # the unit attention, then the read again
+    path.script = [(2, fixed_sense(3, 0x11, 0))]
+    with pytest.raises(BlockError) as info:
+        await remote.pread(2 * BS, BS)
+    assert info.value.errno == errno.EIO and "READ(16) at LBA 2" in str(info.value)
+    assert path.ops() == [0x88] * 3  # a medium error is not retried
+
+
+async def test_large_read_buffers_recycled_only_when_nobody_holds_them() -> None:
+    path = FakePath(blocks=2048)
+    remote = lun(path)
+    size = 128 << 10
+    first = await remote.pread(0, size)
+    held = memoryview(first)[:10]  # a reply still queued, say
+    del first
+    second = await remote.pread(size, size)
+    assert second is not held.obj  # in use: not handed out again
+    path.disk[:size] = b"\x01" * size
+    third = await remote.pread(0, size)
+    assert bytes(held) == bytes(10)  # the held buffer was not overwritten
+    del held, second
+    fourth = await remote.pread(0, size)
+    assert fourth is not third and bytes(fourth) == b"\x01" * size
