@@ -32,8 +32,9 @@ from array import array
 from typing import Any
 
 from blockyard.block.formats import parallels_layout as pl
-from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Progress
-from blockyard.block.layer import HOLE, ZERO, Buffer, Extent, Limits
+from blockyard.block.formats.base import CheckReport, ImageInfo, Progress
+from blockyard.block.formats.sparse_common import SlotEpochs, WritableImage, pieces
+from blockyard.block.layer import HOLE, ZERO, Buffer, Extent
 from blockyard.block.raw import RawFile
 from blockyard.errors import BlockError, MediaError
 
@@ -41,7 +42,7 @@ SECTOR = pl.SECTOR
 BAT_PER_SECTOR = SECTOR // 4
 
 
-class ParallelsImage(ImageLayer):
+class ParallelsImage(SlotEpochs, WritableImage):
     format_name = "parallels"
 
     def __init__(self, raw: RawFile, header: pl.Header, bat: array) -> None:
@@ -109,36 +110,11 @@ class ParallelsImage(ImageLayer):
 
         return create(cls, os.fspath(path), size, variant, **opts)
 
-    # ---- capabilities ----------------------------------------------------------------
-    can_flush = True  # type: ignore[assignment]
-    can_fua = True  # type: ignore[assignment]
-    can_extents = True  # type: ignore[assignment]
-
-    @property
-    def can_trim(self) -> bool:  # type: ignore[override]
-        return not self.read_only
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(minimum=1, preferred=4096, maximum=32 << 20)
-
     # ---- helpers ---------------------------------------------------------------------
     def _where(self, c: int) -> int:
         """Byte offset of cluster ``c`` in the file, 0 if unallocated."""
         v = self.bat[c]
         return v * self.h.unit * SECTOR if v else 0
-
-    def _enter(self) -> int:
-        e = self.epoch
-        self.active[e] = self.active.get(e, 0) + 1
-        return e
-
-    def _leave(self, e: int) -> None:
-        left = self.active[e] - 1
-        if left:
-            self.active[e] = left
-        else:
-            del self.active[e]
 
     # ---- read ------------------------------------------------------------------------
     async def _pread(self, offset: int, length: int) -> Buffer:
@@ -154,10 +130,8 @@ class ParallelsImage(ImageLayer):
 
     async def _read_runs(self, offset: int, length: int) -> Buffer:
         out = bytearray(length)
-        pos = run_at = run_len = run_file = 0
-        while pos < length:
-            c, within = divmod(offset + pos, self.cluster)
-            n = min(self.cluster - within, length - pos)
+        run_at = run_len = run_file = 0
+        for c, within, pos, n in pieces(offset, length, self.cluster):
             fo = self._where(c)
             if fo:
                 if run_len and run_file + run_len == fo + within and run_at + run_len == pos:
@@ -166,7 +140,6 @@ class ParallelsImage(ImageLayer):
                     if run_len:
                         out[run_at:run_at + run_len] = await self.raw._pread(run_file, run_len)
                     run_at, run_file, run_len = pos, fo + within, n
-            pos += n
         if run_len:
             out[run_at:run_at + run_len] = await self.raw._pread(run_file, run_len)
         return out
@@ -188,16 +161,12 @@ class ParallelsImage(ImageLayer):
         mv = memoryview(data).cast("B")
         e = self._enter()
         try:
-            pos = 0
-            while pos < len(mv):
-                c, within = divmod(offset + pos, self.cluster)
-                n = min(self.cluster - within, len(mv) - pos)
+            for c, within, pos, n in pieces(offset, len(mv), self.cluster):
                 fo = self._where(c)
                 if fo:
                     await self.raw._pwrite(fo + within, mv[pos:pos + n], False)
                 else:
                     await self._allocate(c, within, mv[pos:pos + n])
-                pos += n
         finally:
             self._leave(e)
         if fua:
@@ -238,17 +207,13 @@ class ParallelsImage(ImageLayer):
             await self._touch()
         e = self._enter()
         try:
-            pos = 0
-            while pos < length:
-                c, within = divmod(offset + pos, self.cluster)
-                n = min(self.cluster - within, length - pos)
+            for c, within, pos, n in pieces(offset, length, self.cluster):
                 whole = n == self.cluster or (within == 0 and offset + pos + n == self.size)
                 fo = self._where(c)
                 if whole and fo:
                     await self._unmap(c)
                 elif fo:
                     await self.raw._zero(fo + within, n, may_trim, False, False)
-                pos += n
         finally:
             self._leave(e)
         if fua:
@@ -292,10 +257,7 @@ class ParallelsImage(ImageLayer):
                 await self._write_bat_sector(s)
             self.dirty_sectors.clear()
             await self.raw._flush()
-        oldest = min(self.active, default=self.epoch + 1)
-        self.free.extend(sec for ep, sec in self.freed if ep < oldest)
-        self.freed = [(ep, sec) for ep, sec in self.freed if ep >= oldest]
-        self.epoch += 1
+        self._reuse_freed(self._oldest_running())
 
     async def _write_bat_sector(self, s: int) -> None:
         """File sector ``s`` (header or BAT): rewrite its BAT part from memory."""

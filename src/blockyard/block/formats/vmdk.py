@@ -30,16 +30,17 @@ from typing import Any
 
 from blockyard.block.formats import vmdk_descriptor as vd
 from blockyard.block.formats.base import CheckReport, ImageInfo, ImageLayer, Progress
+from blockyard.block.formats.sparse_common import WritableImage
 from blockyard.block.formats.vdi_vhd_common import IoGate
 from blockyard.block.formats.vmdk_extent import SECTOR, VmdkExtent, merge
 from blockyard.block.formats.vmdk_open import COWD, DescArea, open_vmdk
 from blockyard.block.formats.vmdk_sparse import SparseExtent
-from blockyard.block.layer import Buffer, Extent, FileMap, Layer, Limits
+from blockyard.block.layer import Buffer, Extent, FileMap, Layer
 from blockyard.errors import BlockError, MediaError
 from blockyard.util.aio import run_blocking
 
 
-class VmdkImage(ImageLayer):
+class VmdkImage(WritableImage):
     format_name = "vmdk"
 
     def __init__(self, path: str, desc: vd.Descriptor, extents: list[VmdkExtent], *,
@@ -86,19 +87,6 @@ class VmdkImage(ImageLayer):
         from blockyard.block.formats.vmdk_create import create
 
         return create(cls, os.fspath(path), size, variant, **opts)
-
-    # ---- capabilities ----------------------------------------------------------------
-    can_flush = True  # type: ignore[assignment]
-    can_fua = True  # type: ignore[assignment]
-    can_extents = True  # type: ignore[assignment]
-
-    @property
-    def can_trim(self) -> bool:  # type: ignore[override]
-        return not self.read_only
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(minimum=1, preferred=4096, maximum=32 << 20)
 
     # ---- request splitting -----------------------------------------------------------
     def _pieces(self, offset: int, length: int) -> list[tuple[VmdkExtent, int, int, int]]:

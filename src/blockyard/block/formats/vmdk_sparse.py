@@ -24,6 +24,7 @@ import struct
 import zlib
 from collections.abc import Callable
 
+from blockyard.block.formats.sparse_common import pieces
 from blockyard.block.formats.vmdk_extent import SECTOR, merge
 from blockyard.block.formats.vmdk_layout import GTE_ZEROED
 from blockyard.block.formats.vmdk_sparse_meta import ALIGN, SparseMeta, le_bytes
@@ -92,10 +93,7 @@ class SparseExtent(SparseMeta):
     def _plan_runs(self, off: int, length: int) -> list[tuple[str, int, int, int]]:
         """(kind, position in the request, length, file offset or GTE) per run."""
         runs: list[tuple[str, int, int, int]] = []
-        pos = 0
-        while pos < length:
-            g, within = divmod(off + pos, self.grain)
-            n = min(self.grain - within, length - pos)
+        for g, within, pos, n in pieces(off, length, self.grain):
             v = self.gte(g)
             if self.is_data(v) and not self.h.compressed:
                 fo = v * SECTOR + within
@@ -109,7 +107,6 @@ class SparseExtent(SparseMeta):
                 runs.append(("compressed", pos, n, v))
             elif v == 0 and self.backing is not None:
                 runs.append(("backing", pos, n, 0))
-            pos += n
         return runs
 
     async def _grain_data(self, g: int, v: int) -> bytes:
@@ -142,10 +139,8 @@ class SparseExtent(SparseMeta):
 
     async def _write_runs(self, off: int, mv: memoryview) -> None:
         assert self.raw is not None
-        pos = run_at = run_len = run_file = 0
-        while pos < len(mv):
-            g, within = divmod(off + pos, self.grain)
-            n = min(self.grain - within, len(mv) - pos)
+        run_at = run_len = run_file = 0
+        for g, within, pos, n in pieces(off, len(mv), self.grain):
             v = self.gte(g)
             if self.is_data(v) and run_len and run_file + run_len == v * SECTOR + within:
                 run_len += n
@@ -157,7 +152,6 @@ class SparseExtent(SparseMeta):
                     run_at, run_file, run_len = pos, v * SECTOR + within, n
                 else:
                     await self._allocate(g, within, mv[pos:pos + n])
-            pos += n
         if run_len:
             await self.raw._pwrite(run_file, mv[run_at:run_at + run_len], False)
 
@@ -190,16 +184,12 @@ class SparseExtent(SparseMeta):
     async def zero(self, off: int, length: int, may_trim: bool) -> None:
         e = self._enter()
         try:
-            pos = 0
-            while pos < length:
-                g, within = divmod(off + pos, self.grain)
-                n = min(self.grain - within, length - pos)
+            for g, within, _pos, n in pieces(off, length, self.grain):
                 whole = n == self.grain or (within == 0 and g * self.grain + n == self.size)
                 if whole:
                     await self._zero_grain(g)
                 else:
                     await self._zero_part(g, within, n, may_trim)
-                pos += n
         finally:
             self._leave(e)
 

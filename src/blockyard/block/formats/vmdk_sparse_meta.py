@@ -28,6 +28,7 @@ import sys
 import threading
 from array import array
 
+from blockyard.block.formats.sparse_common import SlotEpochs, drop, hold
 from blockyard.block.formats.vmdk_extent import SECTOR, Backing, VmdkExtent
 from blockyard.block.formats.vmdk_layout import GTE_ZEROED, SparseHeader, Tables, holes
 from blockyard.block.raw import RawFile
@@ -45,7 +46,7 @@ def le_bytes(values: array) -> bytes:
     return values.tobytes()
 
 
-class SparseMeta(VmdkExtent):
+class SparseMeta(SlotEpochs, VmdkExtent):
     """A sparse extent's header, tables and allocation; ``SparseExtent`` adds the I/O."""
 
     kind = "SPARSE"
@@ -90,33 +91,16 @@ class SparseMeta(VmdkExtent):
         self.backing = backing
 
     # ---- request bookkeeping: a freed grain is reused only when no request that
-    # could have looked it up before it was freed is still running.
-    def _enter(self) -> int:
-        e = self.epoch
-        self.active[e] = self.active.get(e, 0) + 1
-        return e
-
-    def _leave(self, e: int) -> None:
-        left = self.active[e] - 1
-        if left:
-            self.active[e] = left
-        else:
-            del self.active[e]
-
+    # could have looked it up before it was freed is still running (``SlotEpochs``,
+    # whose ``_enter``/``_leave`` count requests; mapped reads are counted here).
     def _pin(self) -> int:
         """From any thread: like ``_enter``, for a mapped read still to be sent."""
         with self._map_lock:
-            e = self.epoch
-            self.mapped[e] = self.mapped.get(e, 0) + 1
-            return e
+            return hold(self.mapped, self.epoch)
 
     def _unpin(self, e: int) -> None:
         with self._map_lock:
-            left = self.mapped[e] - 1
-            if left:
-                self.mapped[e] = left
-            else:
-                del self.mapped[e]
+            drop(self.mapped, e)
 
     # ---- allocation: grain slots and grain tables ------------------------------------
     def _place_grain(self, g: int) -> int:
@@ -187,12 +171,8 @@ class SparseMeta(VmdkExtent):
 
     def _recycle(self) -> None:
         with self._map_lock:
-            oldest = min(min(self.active, default=self.epoch + 1),
-                         min(self.mapped, default=self.epoch + 1))
-            keep = [(e, fo) for e, fo in self.freed if e >= oldest]
-            self.free.extend(fo for e, fo in self.freed if e < oldest)
-            self.freed = keep
-            self.epoch += 1
+            self._reuse_freed(min(self._oldest_running(),
+                                  min(self.mapped, default=self.epoch + 1)))
 
     async def _write_gt(self, i: int, first: int, count: int) -> None:
         assert self.raw is not None
