@@ -18,10 +18,7 @@ from blockyard.iscsi.constants import (
     CMD_WRITE,
     FINAL_BIT,
     IMMEDIATE_BIT,
-    LOGIN_CONTINUE,
-    LOGIN_TRANSIT,
     RESERVED_TAG,
-    TEXT_CONTINUE,
     Opcode,
 )
 from blockyard.iscsi.pdu import (
@@ -33,6 +30,14 @@ from blockyard.iscsi.pdu import (
     iter_ahs,
     pack_ahs,
     register,
+)
+from blockyard.iscsi.pdu_fields import (
+    halves,
+    login_flags,
+    split_halves,
+    split_login_flags,
+    split_text_flags,
+    text_flags,
 )
 
 _I = IMMEDIATE_BIT
@@ -164,18 +169,15 @@ class LoginRequest(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = (LOGIN_TRANSIT if self.transit else 0) | (LOGIN_CONTINUE if self.cont else 0)
-        flags |= (self.csg & 3) << 2 | (self.nsg & 3)
+        flags = login_flags(self.transit, self.cont, self.csg, self.nsg)
         return GENERIC.pack(self.OPCODE | _I, flags, self.version_max, self.version_min,
-                            ahs_dsl(b"", len(self.data)), self.isid << 16 | self.tsih, self.itt,
+                            ahs_dsl(b"", len(self.data)), halves(self.isid, self.tsih), self.itt,
                             self.cid << 16, self.cmdsn, self.exp_statsn, 0, 0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LoginRequest:
-        flags = f[1]
-        return cls(bool(flags & LOGIN_TRANSIT), bool(flags & LOGIN_CONTINUE), (flags >> 2) & 3,
-                   flags & 3, f[2], f[3], f[5] >> 16, f[5] & 0xFFFF, f[6], f[7] >> 16, f[8],
-                   f[9], data)
+        return cls(*split_login_flags(f[1]), f[2], f[3], *split_halves(f[5]), f[6], f[7] >> 16,
+                   f[8], f[9], data)
 
 
 @register
@@ -195,15 +197,14 @@ class TextRequest(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = (FINAL_BIT if self.final else 0) | (TEXT_CONTINUE if self.cont else 0)
+        flags = text_flags(self.final, self.cont)
         return GENERIC.pack(_b0(self.OPCODE, self.immediate), flags, 0, 0,
                             ahs_dsl(b"", len(self.data)), self.lun, self.itt, self.ttt,
                             self.cmdsn, self.exp_statsn, 0, 0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> TextRequest:
-        return cls(bool(f[0] & _I), bool(f[1] & FINAL_BIT), bool(f[1] & TEXT_CONTINUE), f[5],
-                   f[6], f[7], f[8], f[9], data)
+        return cls(bool(f[0] & _I), *split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], data)
 
 
 @register

@@ -15,13 +15,18 @@ from blockyard.iscsi.constants import (
     DATA_IN_ACK,
     DATA_IN_STATUS,
     FINAL_BIT,
-    LOGIN_CONTINUE,
-    LOGIN_TRANSIT,
     RESERVED_TAG,
-    TEXT_CONTINUE,
     Opcode,
 )
 from blockyard.iscsi.pdu import GENERIC, Buffer, Pdu, register
+from blockyard.iscsi.pdu_fields import (
+    halves,
+    login_flags,
+    split_halves,
+    split_login_flags,
+    split_text_flags,
+    text_flags,
+)
 
 _pack = GENERIC.pack
 _RESIDUAL_MASK = 0x1E
@@ -154,18 +159,15 @@ class LoginResponse(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = (LOGIN_TRANSIT if self.transit else 0) | (LOGIN_CONTINUE if self.cont else 0)
-        flags |= (self.csg & 3) << 2 | (self.nsg & 3)
+        flags = login_flags(self.transit, self.cont, self.csg, self.nsg)
         return _pack(self.OPCODE, flags, self.version_max, self.version_active, len(self.data),
-                     self.isid << 16 | self.tsih, self.itt, 0, self.statsn, self.exp_cmdsn,
+                     halves(self.isid, self.tsih), self.itt, 0, self.statsn, self.exp_cmdsn,
                      self.max_cmdsn, self.status << 16, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LoginResponse:
-        flags = f[1]
-        return cls(bool(flags & LOGIN_TRANSIT), bool(flags & LOGIN_CONTINUE), (flags >> 2) & 3,
-                   flags & 3, f[2], f[3], f[5] >> 16, f[5] & 0xFFFF, f[6], f[8], f[9], f[10],
-                   f[11] >> 16, data)
+        return cls(*split_login_flags(f[1]), f[2], f[3], *split_halves(f[5]), f[6], f[8], f[9],
+                   f[10], f[11] >> 16, data)
 
 
 @register
@@ -185,14 +187,13 @@ class TextResponse(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = (FINAL_BIT if self.final else 0) | (TEXT_CONTINUE if self.cont else 0)
-        return _pack(self.OPCODE, flags, 0, 0, len(self.data), self.lun, self.itt, self.ttt,
-                     self.statsn, self.exp_cmdsn, self.max_cmdsn, 0, 0, 0)
+        return _pack(self.OPCODE, text_flags(self.final, self.cont), 0, 0, len(self.data),
+                     self.lun, self.itt, self.ttt, self.statsn, self.exp_cmdsn, self.max_cmdsn,
+                     0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> TextResponse:
-        return cls(bool(f[1] & FINAL_BIT), bool(f[1] & TEXT_CONTINUE), f[5], f[6], f[7], f[8],
-                   f[9], f[10], data)
+        return cls(*split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], f[10], data)
 
 
 @register
@@ -250,11 +251,11 @@ class LogoutResponse(Pdu):
     def encode_header(self) -> bytes:
         return _pack(self.OPCODE, FINAL_BIT, self.response, 0, len(self.data), 0, self.itt, 0,
                      self.statsn, self.exp_cmdsn, self.max_cmdsn, 0,
-                     self.time2wait << 16 | self.time2retain, 0)
+                     halves(self.time2wait, self.time2retain), 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LogoutResponse:
-        return cls(f[2], f[6], f[8], f[9], f[10], f[12] >> 16, f[12] & 0xFFFF, data)
+        return cls(f[2], f[6], f[8], f[9], f[10], *split_halves(f[12]), data)
 
 
 @register
@@ -305,13 +306,13 @@ class AsyncMessage(Pdu):
         return _pack(self.OPCODE, FINAL_BIT, 0, 0, len(self.data), self.lun, self.itt, 0,
                      self.statsn, self.exp_cmdsn, self.max_cmdsn,
                      self.event << 24 | self.vcode << 16 | self.param1,
-                     self.param2 << 16 | self.param3, 0)
+                     halves(self.param2, self.param3), 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> AsyncMessage:
         w36, w40 = f[11], f[12]
         return cls(f[5], f[6], f[8], f[9], f[10], w36 >> 24, (w36 >> 16) & 0xFF, w36 & 0xFFFF,
-                   w40 >> 16, w40 & 0xFFFF, data)
+                   *split_halves(w40), data)
 
 
 @register
