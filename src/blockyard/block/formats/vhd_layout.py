@@ -17,18 +17,26 @@ from typing import Any
 
 from blockyard.block.formats.vhd_headers import (
     BAT_FREE,
+    CREATOR_APP,
+    CREATOR_OS,
+    CREATOR_VERSION,
     DEFAULT_BLOCK_SIZE,
     DIFF,
+    DYN_HEADER,
     DYNAMIC,
     EPOCH_2000,
     FIXED,
+    FOOTER,
     FOOTER_COOKIE,
+    HEADER_COOKIE,
+    LOCATOR,
     LOCATOR_CODES,
     MAX_BLOCK_SIZE,
     MAX_SECTORS,
     MAX_SIZE,
     NO_OFFSET,
     TYPE_NAMES,
+    VERSION,
     DynHeader,
     Footer,
     bitmap_bytes,
@@ -46,12 +54,13 @@ from blockyard.block.formats.vhd_headers import (
 from blockyard.errors import MediaError
 
 __all__ = [  # the header names are re-exported for ``vhd_layout as V`` users
-    "BAT_FREE", "BAT_SECTOR_ENTRIES", "BatScan", "DEFAULT_BLOCK_SIZE", "DIFF", "DYNAMIC",
-    "DynHeader", "EPOCH_2000", "FIXED", "FOOTER_COOKIE", "Footer", "LOCATOR_CODES",
-    "MAX_BLOCK_SIZE", "MAX_SECTORS", "MAX_SIZE", "NO_OFFSET", "TYPE_NAMES", "all_set", "bat_dump",
-    "bat_load", "bit", "bitmap_bytes", "checksum", "chs", "footer_problem", "gaps", "guid_text",
-    "header_problem", "load", "meta_end", "new_dyn_header", "new_footer", "parent_hint",
-    "parse_dyn_header", "parse_footer", "runs", "scan_bat", "set_bits",
+    "BAT_FREE", "BAT_SECTOR_ENTRIES", "BatScan", "CREATOR_APP", "CREATOR_OS", "CREATOR_VERSION",
+    "DEFAULT_BLOCK_SIZE", "DIFF", "DYNAMIC", "DYN_HEADER", "DynHeader", "EPOCH_2000", "FIXED",
+    "FOOTER", "FOOTER_COOKIE", "Footer", "HEADER_COOKIE", "LOCATOR", "LOCATOR_CODES",
+    "MAX_BLOCK_SIZE", "MAX_SECTORS", "MAX_SIZE", "NO_OFFSET", "TYPE_NAMES", "VERSION", "all_set",
+    "bat_dump", "bat_load", "bit", "bitmap_bytes", "checksum", "chs", "footer_problem", "gaps",
+    "guid_text", "header_problem", "load", "meta_end", "new_dyn_header", "new_footer",
+    "parent_hint", "parse_dyn_header", "parse_footer", "runs", "scan_bat", "set_bits",
 ]
 
 
