@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from blockyard.iscsi import pdu_fields as pf
 from blockyard.iscsi.constants import (
     AHS_BIDI_READ_LENGTH,
     AHS_EXTENDED_CDB,
@@ -30,14 +31,6 @@ from blockyard.iscsi.pdu import (
     iter_ahs,
     pack_ahs,
     register,
-)
-from blockyard.iscsi.pdu_fields import (
-    halves,
-    login_flags,
-    split_halves,
-    split_login_flags,
-    split_text_flags,
-    text_flags,
 )
 
 _I = IMMEDIATE_BIT
@@ -169,15 +162,15 @@ class LoginRequest(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = login_flags(self.transit, self.cont, self.csg, self.nsg)
+        flags = pf.login_flags(self.transit, self.cont, self.csg, self.nsg)
         return GENERIC.pack(self.OPCODE | _I, flags, self.version_max, self.version_min,
-                            ahs_dsl(b"", len(self.data)), halves(self.isid, self.tsih), self.itt,
+                            ahs_dsl(b"", len(self.data)), pf.halves(self.isid, self.tsih), self.itt,
                             self.cid << 16, self.cmdsn, self.exp_statsn, 0, 0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LoginRequest:
-        return cls(*split_login_flags(f[1]), f[2], f[3], *split_halves(f[5]), f[6], f[7] >> 16,
-                   f[8], f[9], data)
+        return cls(*pf.split_login_flags(f[1]), f[2], f[3], *pf.split_halves(f[5]), f[6],
+                   f[7] >> 16, f[8], f[9], data)
 
 
 @register
@@ -197,14 +190,14 @@ class TextRequest(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = text_flags(self.final, self.cont)
+        flags = pf.text_flags(self.final, self.cont)
         return GENERIC.pack(_b0(self.OPCODE, self.immediate), flags, 0, 0,
                             ahs_dsl(b"", len(self.data)), self.lun, self.itt, self.ttt,
                             self.cmdsn, self.exp_statsn, 0, 0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> TextRequest:
-        return cls(bool(f[0] & _I), *split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], data)
+        return cls(bool(f[0] & _I), *pf.split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], data)
 
 
 @register

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from blockyard.iscsi import pdu_fields as pf
 from blockyard.iscsi.constants import (
     DATA_IN_ACK,
     DATA_IN_STATUS,
@@ -19,14 +20,6 @@ from blockyard.iscsi.constants import (
     Opcode,
 )
 from blockyard.iscsi.pdu import GENERIC, Buffer, Pdu, register
-from blockyard.iscsi.pdu_fields import (
-    halves,
-    login_flags,
-    split_halves,
-    split_login_flags,
-    split_text_flags,
-    text_flags,
-)
 
 _pack = GENERIC.pack
 _RESIDUAL_MASK = 0x1E
@@ -159,15 +152,15 @@ class LoginResponse(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        flags = login_flags(self.transit, self.cont, self.csg, self.nsg)
+        flags = pf.login_flags(self.transit, self.cont, self.csg, self.nsg)
         return _pack(self.OPCODE, flags, self.version_max, self.version_active, len(self.data),
-                     halves(self.isid, self.tsih), self.itt, 0, self.statsn, self.exp_cmdsn,
+                     pf.halves(self.isid, self.tsih), self.itt, 0, self.statsn, self.exp_cmdsn,
                      self.max_cmdsn, self.status << 16, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LoginResponse:
-        return cls(*split_login_flags(f[1]), f[2], f[3], *split_halves(f[5]), f[6], f[8], f[9],
-                   f[10], f[11] >> 16, data)
+        return cls(*pf.split_login_flags(f[1]), f[2], f[3], *pf.split_halves(f[5]), f[6], f[8],
+                   f[9], f[10], f[11] >> 16, data)
 
 
 @register
@@ -187,13 +180,13 @@ class TextResponse(Pdu):
     data: Buffer = b""
 
     def encode_header(self) -> bytes:
-        return _pack(self.OPCODE, text_flags(self.final, self.cont), 0, 0, len(self.data),
+        return _pack(self.OPCODE, pf.text_flags(self.final, self.cont), 0, 0, len(self.data),
                      self.lun, self.itt, self.ttt, self.statsn, self.exp_cmdsn, self.max_cmdsn,
                      0, 0, 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> TextResponse:
-        return cls(*split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], f[10], data)
+        return cls(*pf.split_text_flags(f[1]), f[5], f[6], f[7], f[8], f[9], f[10], data)
 
 
 @register
@@ -251,11 +244,11 @@ class LogoutResponse(Pdu):
     def encode_header(self) -> bytes:
         return _pack(self.OPCODE, FINAL_BIT, self.response, 0, len(self.data), 0, self.itt, 0,
                      self.statsn, self.exp_cmdsn, self.max_cmdsn, 0,
-                     halves(self.time2wait, self.time2retain), 0)
+                     pf.halves(self.time2wait, self.time2retain), 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> LogoutResponse:
-        return cls(f[2], f[6], f[8], f[9], f[10], *split_halves(f[12]), data)
+        return cls(f[2], f[6], f[8], f[9], f[10], *pf.split_halves(f[12]), data)
 
 
 @register
@@ -306,13 +299,13 @@ class AsyncMessage(Pdu):
         return _pack(self.OPCODE, FINAL_BIT, 0, 0, len(self.data), self.lun, self.itt, 0,
                      self.statsn, self.exp_cmdsn, self.max_cmdsn,
                      self.event << 24 | self.vcode << 16 | self.param1,
-                     halves(self.param2, self.param3), 0)
+                     pf.halves(self.param2, self.param3), 0)
 
     @classmethod
     def from_fields(cls, f: tuple[Any, ...], ahs: bytes, data: Buffer) -> AsyncMessage:
         w36, w40 = f[11], f[12]
         return cls(f[5], f[6], f[8], f[9], f[10], w36 >> 24, (w36 >> 16) & 0xFF, w36 & 0xFFFF,
-                   *split_halves(w40), data)
+                   *pf.split_halves(w40), data)
 
 
 @register
