@@ -59,7 +59,7 @@ from blockyard.iscsi.initiator_login import LoginError, LoginResult
 from blockyard.iscsi.initiator_session import InitiatorSession, SessionState
 from blockyard.iscsi.pdu import Buffer
 from blockyard.iscsi.url import IscsiUrl, parse_portal, parse_url
-from blockyard.transport.iscsi_initiator_conn import InitiatorProtocol
+from blockyard.transport.iscsi_initiator_conn import InitiatorProtocol, open_connection
 from blockyard.transport.iscsi_initiator_lun import inspect_lun
 
 log = logging.getLogger("blockyard.iscsi.initiator")
@@ -137,8 +137,8 @@ class IscsiSession:
         self._login = self.loop.create_future()
         host, port = self.address
         timeout = self.settings.login_timeout
-        _, proto = await asyncio.wait_for(self.loop.create_connection(
-            lambda: InitiatorProtocol(core, self._on_event), host, port), timeout)
+        proto = await asyncio.wait_for(open_connection(core, self._on_event, host, port),
+                                       timeout)
         self.proto = proto
         try:
             outcome = await asyncio.wait_for(asyncio.shield(self._login), timeout)
