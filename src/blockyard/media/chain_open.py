@@ -42,7 +42,7 @@ from blockyard.block.chain_link import create_child, is_child, link_of
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
-from blockyard.block.remote import REMOTE_FORMAT
+from blockyard.block.remote import REMOTE_FORMAT, RemoteLun, identity_uuid
 from blockyard.errors import MediaError
 from blockyard.media.model import Medium
 
@@ -79,10 +79,25 @@ def parent_facts(image: ImageLayer, m: Medium) -> ParentFacts:
 
 def medium_facts(layer: Layer, m: Medium) -> ParentFacts:
     """What a child of ``m`` (opened as ``layer``) records; a remote LUN is known from
-    its registry row (URL without secrets, size, identity UUID)."""
+    its registry row (URL without secrets, size) and the LUN's identity (``lun_uuid``)."""
     if m.format == REMOTE_FORMAT:
-        return remote_facts(m.location, layer.size, m.uuid)
+        return remote_facts(m.location, layer.size, lun_uuid(layer, m))
     return parent_facts(top_image(layer), m)
+
+
+def lun_uuid(layer: Layer, m: Medium) -> str:
+    """The UUID of the remote LUN medium ``m`` as a parent, opened as ``layer``: the
+    identity UUID of the LUN actually logged into when the registry took ``m``'s UUID
+    from its identity -- so another LUN now answering at the URL does not pass for it
+    (its children's data are only valid over the LUN they were made on) -- else the
+    registry's."""
+    lun: Layer | None = layer
+    while lun is not None and not isinstance(lun, RemoteLun):
+        lun = lun.inner  # a write-mode or read-only filter over the LUN
+    identity = lun.uuid if isinstance(lun, RemoteLun) else None
+    if identity and m.uuid_source == "image":
+        return identity_uuid(identity)
+    return m.uuid
 
 
 def remote_root(medium: Medium, lookup: Lookup) -> Medium | None:
@@ -114,7 +129,7 @@ def open_chain(medium: Medium, lookup: Lookup, *, read_only: bool = False,
             images.append(_open_row(m, (read_only or i > 0) and m.uuid not in writable))
         _check_links(rows, images)
         if remote is not None and base is not None:
-            facts = remote_facts(remote.location, base.size, remote.uuid)
+            facts = remote_facts(remote.location, base.size, lun_uuid(base, remote))
             _check_link(rows[-1], images[-1], remote, facts)
         elif is_child(images[-1]):
             raise MediaError(f"{rows[-1].location}: a differencing image registered without "
