@@ -212,3 +212,11 @@ async def test_large_read_buffers_recycled_only_when_nobody_holds_them() -> None
     del held, second
     fourth = await remote.pread(0, size)
     assert fourth is not third and bytes(fourth) == b"\x01" * size
+
+
+async def test_empty_requests_send_nothing() -> None:
+    path = FakePath()
+    remote = lun(path)
+    assert bytes(await remote.pread(0, 0)) == b""
+    await remote.pwrite(0, b"")
+    assert path.calls == []
