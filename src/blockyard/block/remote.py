@@ -214,6 +214,17 @@ class RemoteLun(Layer):
                                into=view)
         return buf
 
+    async def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
+        bs = self.block_size
+        n = len(data)
+        if fua or self.read_only or offset % bs or n % bs or not 0 < n <= self._io_bytes \
+                or offset < 0 or offset + n > self.size:
+            return await super().pwrite(offset, data, fua)  # checks, then the general path
+        cdb = scsi.write16(offset // bs, n // bs, False)
+        cmd = await self._start(self.lun, cdb, data_out=data)
+        if cmd.status != GOOD:
+            await self._settle(cmd, cdb, f"WRITE(16) at LBA {offset // bs}", data_out=data)
+
     async def _pread(self, offset: int, length: int) -> Buffer:
         bs = self.block_size
         if offset % bs or length % bs:
