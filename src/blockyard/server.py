@@ -116,6 +116,11 @@ def _banner(plan: ServePlan, addrs: list[tuple[str, int]], exports: ExportTable)
 async def serve(plan: ServePlan) -> int:
     exports = ExportTable([await open_export(d) for d in plan.exports])
     nbd = NbdServer(exports)
+    # before the first address is printed: a script that reads it may stop us at once
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     addrs = []
     try:
         for host, port in plan.nbd:
@@ -125,10 +130,6 @@ async def serve(plan: ServePlan) -> int:
         raise ConfigError(f"cannot listen: {exc.strerror or exc}") from None
     extra = await _start_iscsi(plan, exports)
     _banner(plan, addrs, exports)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     for stopper in extra:

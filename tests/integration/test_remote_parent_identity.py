@@ -82,6 +82,10 @@ async def test_snapshot_images_are_not_merged_into_another_lun(tmp_path: Path) -
             assert cli_json(state, "medium", "info", current)["attachments"] == []
         finally:
             assert d.stop() == 0
+        target.stop()  # no LUN at all: the same refusals, for another reason
+        r = cli(state, "snapshot", "delete", uid, "s1", check=None)
+        one_line_error(r, target.url, "cannot connect")
+        assert len(cli_json(state, "snapshot", "list", uid)["snapshots"]) == 1
         assert sha(Path(current)) == before
     finally:
         target.stop()
