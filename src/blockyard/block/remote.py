@@ -32,7 +32,6 @@ import errno
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from sys import getrefcount
 from typing import Any, Protocol
 
 from blockyard.block.formats.base import ImageInfo
@@ -148,7 +147,6 @@ class RemoteLun(Layer):
         limit = props.limits.max_transfer * bs or self.max_io
         self._io_blocks = max(1, min(limit, self.max_io) // bs)
         self._io_bytes = self._io_blocks * bs
-        self._spare = _Spare()
         start = getattr(path, "start", None)  # IscsiSession: the command's future itself
         self._start: Callable[..., Awaitable[Command]] = start or path.execute
         self._sync16 = True
@@ -197,7 +195,7 @@ class RemoteLun(Layer):
 
     # ---- reads and writes ----------------------------------------------------------------
     # A request that fits one command (the usual case) awaits the session's future
-    # directly (``start``, when the path has it): three coroutine frames less on every
+    # directly (``start``, when the path has it): five coroutine frames less on every
     # resume.  ``run_scsi`` (retries, errors) only sees commands that did not end GOOD,
     # replayed from the answer we already have.
     async def pread(self, offset: int, length: int) -> Buffer:
@@ -205,13 +203,16 @@ class RemoteLun(Layer):
         if offset % bs or length % bs or not 0 < length <= self._io_bytes or offset < 0 \
                 or offset + length > self.size:
             return await super().pread(offset, length)  # checks, then the general path
-        buf = self._spare.take(length)
         cdb = scsi.read16(offset // bs, length // bs)
-        view = memoryview(buf)
-        cmd = await self._start(self.lun, cdb, read_len=length, into=view)
+        # no ``into``: the session picks the buffer (a recycled one for large reads)
+        cmd = await self._start(self.lun, cdb, read_len=length)
         if cmd.status != GOOD:
-            await self._settle(cmd, cdb, f"READ(16) at LBA {offset // bs}", read_len=length,
-                               into=view)
+            cmd = await self._settle(cmd, cdb, f"READ(16) at LBA {offset // bs}",
+                                     read_len=length)
+        buf = cmd.buffer
+        assert buf is not None
+        if cmd.received < length:  # underflow: never show a recycled buffer's old bytes
+            buf[cmd.received:] = bytes(length - cmd.received)
         return buf
 
     async def pwrite(self, offset: int, data: Buffer, fua: bool = False) -> None:
@@ -246,7 +247,7 @@ class RemoteLun(Layer):
         await self._read_view(offset, buf)
 
     async def _read_blocks(self, offset: int, length: int) -> bytearray:
-        buf = self._spare.take(length)
+        buf = bytearray(length)
         await self._read_view(offset, memoryview(buf))
         return buf
 
@@ -258,8 +259,10 @@ class RemoteLun(Layer):
             cdb = scsi.read16(lba, length // bs)
             cmd = await self._start(self.lun, cdb, read_len=length, into=view)
             if cmd.status != GOOD:
-                await self._settle(cmd, cdb, f"READ(16) at LBA {lba}", read_len=length,
-                                   into=view)
+                cmd = await self._settle(cmd, cdb, f"READ(16) at LBA {lba}",
+                                         read_len=length, into=view)
+            if cmd.received < length:  # underflow: the caller's buffer may hold old bytes
+                view[cmd.received:] = bytes(length - cmd.received)
             return
         parts = _split(offset // bs, length // bs, self._io_blocks)
         await asyncio.gather(*[
@@ -391,37 +394,3 @@ class _Replay:
     async def close(self) -> None:
         await self.path.close()
 
-
-class _Spare:
-    """Read buffers of ``RemoteLun``, reused once nothing refers to them any more.
-
-    ``bytearray(n)`` zero-fills (and, for large n, page-faults in) every byte that
-    the Data-In then overwrites; for 1 MiB reads that was a tenth of the server's
-    time.  A buffer handed out is kept here too; it is handed out again only when
-    its reference count says we are its sole owner (no caller, no memoryview of it,
-    no queued reply), so a recycled buffer is never one still being used or sent.
-    """
-
-    MIN = 64 << 10  # smaller buffers are simply allocated
-    MAX = 4 << 20
-    PER_SIZE = 16
-    BUDGET = 48 << 20  # bytes kept in all
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[bytearray]] = {}
-        self._kept = 0
-
-    def take(self, size: int) -> bytearray:
-        if not self.MIN <= size <= self.MAX:
-            return bytearray(size)
-        kept = self._free.get(size)
-        if kept is None:
-            kept = self._free[size] = []
-        for buf in kept:
-            if getrefcount(buf) == 3:  # ``kept``, ``buf`` and the argument: ours alone
-                return buf
-        buf = bytearray(size)
-        if len(kept) < self.PER_SIZE and self._kept + size <= self.BUDGET:
-            kept.append(buf)
-            self._kept += size
-        return buf

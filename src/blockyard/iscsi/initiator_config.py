@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from blockyard.iscsi.chap import ChapCredentials
 from blockyard.iscsi.keys import Params
 from blockyard.iscsi.negotiation import offer_pairs
+from blockyard.iscsi.url import IscsiUrl
 
 DEFAULT_INITIATOR = "iqn.2026-11.org.blockyard:initiator"
 # §13.13/§13.14: burst lengths are at most 2**24 - 1; "16 MiB" is the largest multiple of
@@ -83,6 +85,19 @@ class InitiatorSettings:
             return [("InitiatorName", self.initiator_name), ("SessionType", "Discovery")]
         return [("InitiatorName", self.initiator_name), ("SessionType", "Normal"),
                 ("TargetName", self.target_name)]
+
+
+def settings_for(url: IscsiUrl, **overrides: Any) -> InitiatorSettings:
+    """Initiator settings from a parsed URL (credentials, digests, timeout)."""
+    kw: dict[str, Any] = dict(
+        initiator_name=url.initiator_name or DEFAULT_INITIATOR, target_name=url.target,
+        chap=ChapCredentials(url.user, url.secret) if url.user else None,
+        mutual=ChapCredentials(url.target_user, url.target_secret) if url.target_user else None,
+        header_digest=url.header_digest, data_digest=url.data_digest)
+    if url.timeout is not None:
+        kw["command_timeout"] = url.timeout
+    kw.update(overrides)
+    return InitiatorSettings(**kw)
 
 
 def random_isid() -> int:

@@ -40,10 +40,9 @@ from typing import Any
 
 from blockyard.block.remote import RemoteLun
 from blockyard.errors import BlockError, MediaError, NotFoundError
-from blockyard.iscsi.chap import ChapCredentials
 from blockyard.iscsi.constants import LoginStatus
 from blockyard.iscsi.initiator_command import Command
-from blockyard.iscsi.initiator_config import DEFAULT_INITIATOR, InitiatorSettings
+from blockyard.iscsi.initiator_config import DEFAULT_INITIATOR, InitiatorSettings, settings_for
 from blockyard.iscsi.initiator_events import (
     AsyncReceived,
     CommandDone,
@@ -61,6 +60,8 @@ from blockyard.iscsi.pdu import Buffer
 from blockyard.iscsi.url import IscsiUrl, parse_portal, parse_url
 from blockyard.transport.iscsi_initiator_conn import InitiatorProtocol, open_connection
 from blockyard.transport.iscsi_initiator_lun import inspect_lun
+from blockyard.transport.iscsi_initiator_spare import MIN as SPARE_MIN
+from blockyard.transport.iscsi_initiator_spare import SpareBuffers
 
 log = logging.getLogger("blockyard.iscsi.initiator")
 MAX_REDIRECTS = 4
@@ -71,19 +72,6 @@ class _Refused(Exception):
     def __init__(self, error: LoginError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def settings_for(url: IscsiUrl, **overrides: Any) -> InitiatorSettings:
-    """Initiator settings from a parsed URL (credentials, digests, timeout)."""
-    kw: dict[str, Any] = dict(
-        initiator_name=url.initiator_name or DEFAULT_INITIATOR, target_name=url.target,
-        chap=ChapCredentials(url.user, url.secret) if url.user else None,
-        mutual=ChapCredentials(url.target_user, url.target_secret) if url.target_user else None,
-        header_digest=url.header_digest, data_digest=url.data_digest)
-    if url.timeout is not None:
-        kw["command_timeout"] = url.timeout
-    kw.update(overrides)
-    return InitiatorSettings(**kw)
 
 
 class IscsiSession:
@@ -105,6 +93,7 @@ class IscsiSession:
         self._texts: dict[int, asyncio.Future[TextDone]] = {}
         self._closing: asyncio.Future[None] | None = None
         self._reconnect: asyncio.Task[None] | None = None
+        self.spare = SpareBuffers()
 
     # ---- open / close --------------------------------------------------------------------
     async def open(self) -> LoginResult:
@@ -185,11 +174,12 @@ class IscsiSession:
     def start(self, lun: int, cdb: bytes, *, data_out: Buffer | None = None,
               read_len: int = 0, into: memoryview | None = None,
               timeout: float | None = None) -> asyncio.Future[Command]:
-        """``execute`` without its coroutine: the future of the finished Command.
+        """``execute`` without a coroutine (one frame less per resume): the future.
 
-        For the hot path (``RemoteLun`` reads and writes): awaiting this future
-        directly saves a coroutine frame on every resume.
+        Without ``into``, large reads land in a recycled buffer (``iscsi_initiator_spare``).
         """
+        if into is None and read_len >= SPARE_MIN:
+            into = memoryview(self.spare.take(read_len))
         cmd = Command(cdb, lun, data_out, read_len, into, timeout)
         loop, core = self.loop, self.core
         fut: asyncio.Future[Command] = loop.create_future()

@@ -17,6 +17,7 @@ from blockyard.iscsi import initiator_scsi as scsi
 from blockyard.iscsi.initiator_command import Command
 from blockyard.scsi.cdb import rw16
 from blockyard.scsi.sense import fixed_sense
+from blockyard.transport.iscsi_initiator_spare import SpareBuffers
 
 BS = 512
 INQ = scsi.Inquiry(0, 0, False, 6, "FAKE", "DISK", "1")
@@ -86,6 +87,7 @@ class FakePath:
         self.disk = bytearray(blocks * BS)
         self.calls: list[bytes] = []
         self.script: list[tuple[int, bytes]] = []  # (status, sense) answers to give first
+        self.short_reads = 0  # > 0: READs transfer only this many bytes (GOOD, underflow)
 
     async def execute(self, lun: int, cdb: bytes, *, data_out: Any = None, read_len: int = 0,
                       into: memoryview | None = None, timeout: float | None = None) -> Command:
@@ -100,6 +102,7 @@ class FakePath:
         if op == 0x88:
             assert cmd.buffer is not None
             cmd.buffer[:n * BS] = self.disk[lba * BS:(lba + n) * BS]
+            cmd.received = min(n * BS, self.short_reads or n * BS)
         elif op == 0x8A:
             self.disk[lba * BS:(lba + n) * BS] = bytes(data_out)
         elif op == 0x93:
@@ -109,6 +112,7 @@ class FakePath:
             body = struct.pack(">QIB3x", 0, 16, 0) + struct.pack(">QIB3x", 16, 64, 1)
             data = struct.pack(">I4x", len(body) + 4) + body
             cmd.buffer[:len(data)] = data
+            cmd.received = len(data)
         return cmd
 
     async def close(self) -> None:
@@ -197,21 +201,29 @@ async def test_read_retried_once_per_answer_and_error_names_the_lba() -> None:
     assert path.ops() == [0x88] * 3  # a medium error is not retried
 
 
-async def test_large_read_buffers_recycled_only_when_nobody_holds_them() -> None:
-    path = FakePath(blocks=2048)
-    remote = lun(path)
+def test_spare_buffers_recycled_only_when_nobody_holds_them() -> None:
+    spare = SpareBuffers()
     size = 128 << 10
-    first = await remote.pread(0, size)
+    first = spare.take(size)
     held = memoryview(first)[:10]  # a reply still queued, say
     del first
-    second = await remote.pread(size, size)
+    second = spare.take(size)
     assert second is not held.obj  # in use: not handed out again
-    path.disk[:size] = b"\x01" * size
-    third = await remote.pread(0, size)
-    assert bytes(held) == bytes(10)  # the held buffer was not overwritten
-    del held, second
-    fourth = await remote.pread(0, size)
-    assert fourth is not third and bytes(fourth) == b"\x01" * size
+    del held
+    third = spare.take(size)
+    assert third is not second and len(third) == size  # the first one, free again
+    assert type(spare.take(4096)) is bytearray  # small reads are not pooled
+
+
+async def test_short_read_never_shows_old_bytes() -> None:
+    path = FakePath()
+    remote = lun(path)
+    path.disk[:4 * BS] = b"\x11" * (4 * BS)
+    view = memoryview(bytearray(b"\xee" * (4 * BS)))
+    path.short_reads = 2 * BS
+    await remote.readinto(0, view)
+    assert bytes(view) == b"\x11" * (2 * BS) + bytes(2 * BS)
+    assert bytes(await remote.pread(0, 4 * BS)) == b"\x11" * (2 * BS) + bytes(2 * BS)
 
 
 async def test_empty_requests_send_nothing() -> None:
