@@ -1,8 +1,9 @@
 """Registered chains over a remote iSCSI LUN, served by the registry daemon: immutable and
 multiattach LUNs give each NBD client its own differencing VDI under STATE/diffs (two
 clients, 127.0.0.1 and 127.0.0.2), and a local VDI child of a registered LUN is
-registered under it, served with the LUN logged in below, and cloned flat.  The LUN is
-our own quick-mode target in a subprocess; its backing file is never written."""
+registered under it, served with the LUN logged in below, cloned flat, and (multiattach)
+gives each client its own image over that chain.  The LUN is our own quick-mode target
+in a subprocess; its backing file is never written."""
 
 from __future__ import annotations
 
@@ -145,6 +146,18 @@ def test_a_registered_child_of_a_registered_lun(tmp_path: Path) -> None:
         image_check(child)
         cli(d.state, "medium", "clone", "child.vdi", str(copy), "--format", "raw")
         assert copy.read_bytes() == expected  # flattened through the registered LUN
+        # multiattach on the child: each client's image over the chain's borrowed LUN
+        child_sha = sha(child)
+        cli(d.state, "medium", "modify", "child.vdi", "--type", "multiattach")
+        cli(d.state, "attach", "net", "--port", "1", "--medium", "child.vdi", "--name", "lun")
+        a = _session(d, "127.0.0.1", {0: expected}, A)
+        b = _session(d, "127.0.0.2", {0: expected}, B)
+        assert a.pread(SIZE, 0) == patched(expected, A)
+        assert b.pread(SIZE, 0) == patched(expected, B)
+        _leave(d, a, b)
+        cli(d.state, "detach", "net", "--port", "1")
+        assert sha(child) == child_sha and sha(lun) == before
+        assert len(list((d.state / "diffs").iterdir())) == 2
     finally:
         try:
             assert d.stop() == 0
