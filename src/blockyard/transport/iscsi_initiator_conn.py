@@ -21,6 +21,7 @@ written; a lost socket becomes ``ConnectionFailed`` in the core.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,12 @@ async def open_connection(core: InitiatorConnection, on_event: Callable[[Any], N
                           host: str, port: int) -> InitiatorProtocol:
     """Connect to ``host:port`` (every address it resolves to, in order) and start ``core``."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:  # an address needs no resolver thread
+        ip = ipaddress.ip_address(host)
+        infos: list[Any] = [(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                             socket.SOCK_STREAM, 0, "", (host, port))]
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     error: OSError = OSError(f"cannot resolve {host}")
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
