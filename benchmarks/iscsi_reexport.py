@@ -25,6 +25,7 @@ from iscsi_side_by_side import (  # noqa: E402
     WORKLOADS,
     TgtdServer,
     build_loadgen,
+    cpu_seconds,
     run_client,
     write_image,
 )
@@ -32,17 +33,26 @@ from iscsi_side_by_side import (  # noqa: E402
 ROWS = ("seq-read-1M-qd8", "seq-write-1M-qd8", "rand-read-4k-qd32", "rand-write-4k-qd32")
 
 
-def _fio(uri: str, w, args: argparse.Namespace, cwd: Path) -> float:  # type: ignore[no-untyped-def]
+def _fio(uri: str, w, args: argparse.Namespace, cwd: Path,  # type: ignore[no-untyped-def]
+         pid: int) -> tuple[float, float]:
+    """MiB/s through the gateway, and the gateway's CPU microseconds per command."""
     rw = ("rand" if w.pattern == "rand" else "") + w.rw
     job = {"name": w.name, "ioengine": "nbd", "uri": uri, "rw": rw, "bs": w.bs,
            "iodepth": w.qd, "runtime": args.runtime, "time_based": None, "ramp_time": 1,
            "size": args.size, "norandommap": None}
-    return run_fio(job, cwd=cwd).mib_s
+    cpu0 = cpu_seconds(pid)
+    res = run_fio(job, cwd=cwd)
+    cpu = cpu_seconds(pid) - cpu0  # the ramp's commands too, so per command is approximate
+    ios = res.iops * (args.runtime + 1)
+    return res.mib_s, cpu * 1e6 / ios if ios else 0.0
 
 
-def one_round(image: Path, tmp: Path, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+Row = tuple[float, float, float]  # direct MiB/s, re-exported MiB/s, gateway us per command
+
+
+def one_round(image: Path, tmp: Path, args: argparse.Namespace, rnd: int) -> dict[str, Row]:
     tgt = TgtdServer(image, tmp / "tgtd")
-    out: dict[str, tuple[float, float]] = {}
+    out: dict[str, Row] = {}
     try:
         gw = start_server("blockyard", [sys.executable, "-m", "blockyard", "serve", tgt.uri,
                                         "--nbd", "127.0.0.1:0", "--log-level", "warning"],
@@ -52,9 +62,13 @@ def one_round(image: Path, tmp: Path, args: argparse.Namespace) -> dict[str, tup
             for w in WORKLOADS:
                 if w.name not in ROWS or w.tool != "loadgen":
                     continue
+                gateway_first = rnd % 2 == 1  # alternate which side runs first
+                if gateway_first:
+                    via, cpu = _fio(gw.uri, w, args, tmp, gw.proc.pid)
                 direct = run_client(w, tgt.uri, args, tgt.pid).mib_s
-                via = _fio(gw.uri, w, args, tmp)
-                out[w.name] = (direct, via)
+                if not gateway_first:
+                    via, cpu = _fio(gw.uri, w, args, tmp, gw.proc.pid)
+                out[w.name] = (direct, via, cpu)
         finally:
             gw.stop()
     finally:
@@ -75,16 +89,19 @@ def main() -> int:
         (tmp / "tgtd").mkdir()
         image = write_image(tmp / "disk.img", parse_size(args.size), 4096)
         args.loadgen = build_loadgen(tmp)
-        rounds = [one_round(image, tmp, args) for _ in range(args.rounds)]
+        rounds = [one_round(image, tmp, args, rnd) for rnd in range(args.rounds)]
     rows = []
     for name in ROWS:
         direct = statistics.median(r[name][0] for r in rounds)
         via = statistics.median(r[name][1] for r in rounds)
-        rows.append((name, f"{direct:,.0f}", f"{via:,.0f}", f"{via / direct:.2f}"))
+        cpu = statistics.median(r[name][2] for r in rounds)
+        ratios = [r[name][1] / r[name][0] for r in rounds]
+        rows.append((name, f"{direct:,.0f}", f"{via:,.0f}", f"{via / direct:.2f}",
+                     f"{min(ratios):.2f}-{max(ratios):.2f}", f"{cpu:,.0f}"))
     print(f"tgtd LUN over loopback, {args.size}, {args.rounds} rounds x {args.runtime} s, "
           "MiB/s medians")
     print(format_table(("workload", "LUN direct (libiscsi)", "re-exported (fio nbd)",
-                        "re-export/direct"), rows))
+                        "re-export/direct", "per round", "gw us/cmd"), rows))
     return 0
 
 
