@@ -115,9 +115,11 @@ def test_a_registered_child_of_a_registered_lun(tmp_path: Path) -> None:
     target = Target.start(lun)
     d = Daemon.start(tmp_path, CONFIG)
     try:
-        m = cli_json(d.state, "medium", "add", target.url)
         r = run("medium", "create", str(child), "--parent", target.url)
         assert r.returncode == 0, r.stderr
+        r = cli(d.state, "medium", "add", str(child), check=4)  # the LUN is not known yet
+        assert "is not registered; add the parent first" in r.stderr
+        m = cli_json(d.state, "medium", "add", target.url)
         c = cli_json(d.state, "medium", "add", str(child))  # its link UUID finds the LUN
         assert (c["format"], c["parent_uuid"]) == ("vdi", m["uuid"])
         info = cli(d.state, "medium", "info", "child.vdi").stdout
