@@ -203,6 +203,7 @@ async def serve_registry(plan: DaemonPlan) -> int:
     ctx = Context(registry, plan.state_dir, None)
     http: HttpServer | None = None
     iscsi: IscsiLive | None = None
+    stop = _stop_on_signal()  # before any address is printed: a script may stop us at once
     try:
         await declare.apply(ctx, plan.config)
         await _bandwidth(ctx, plan.config, groups)
@@ -222,7 +223,7 @@ async def serve_registry(plan: DaemonPlan) -> int:
         await _listen_iscsi(iscsi, _iscsi_addresses(plan))
         http = await _control(plan, ctx, live, iscsi)
         _banner(addrs, nbd.exports, plan.banner)
-        await _wait_for_signal()
+        await stop.wait()
         log.info("shutting down")
     finally:
         if http is not None:
@@ -236,12 +237,13 @@ async def serve_registry(plan: DaemonPlan) -> int:
     return 0
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signal() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set (from now on)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 def _log_to_file(plan: DaemonPlan) -> None:

@@ -68,7 +68,8 @@ async def test_snapshot_images_are_not_merged_into_another_lun(tmp_path: Path) -
             await layer.close()
         target = _replace(target, lun_b, uid)
         before = sha(Path(current))
-        why = (current, f"names UUID {uid}", "discard the child")
+        # the registered LUN is checked before any chain is built over it
+        why = (target.url, "not the one registered", f"the registry has {uid}")
         one_line_error(cli(state, "medium", "clone", current, str(out), "--format", "raw",
                            check=None), *why)
         assert not out.exists()
@@ -92,7 +93,7 @@ async def test_snapshot_images_are_not_merged_into_another_lun(tmp_path: Path) -
     assert lun_a.read_bytes() == data_a and lun_b.read_bytes() == data_b
 
 
-def test_a_multiattach_client_image_is_not_used_over_another_lun(tmp_path: Path) -> None:
+def test_a_registered_lun_replaced_at_its_url_is_not_served(tmp_path: Path) -> None:
     lun_a, data_a, lun_b, data_b = _two_luns(tmp_path)
     target = Target.start(lun_a)
     d = Daemon.start(tmp_path, CONFIG)
@@ -108,16 +109,17 @@ def test_a_multiattach_client_image_is_not_used_over_another_lun(tmp_path: Path)
         target = _replace(target, lun_b, m["uuid"])
         (diff,) = (d.state / "diffs").iterdir()
         before = sha(diff)
-        cli(d.state, "attach", "net", "--port", "0", "--medium", m["uuid"], "--name", "lun")
-        with pytest.raises(nbd.Error):  # its image was made over LUN A (NBD_REP_ERR_UNKNOWN)
-            nbd_from(d.nbd_port, "127.0.0.1", "lun")
-        fresh = nbd_from(d.nbd_port, "127.0.0.2", "lun")  # no history: LUN B as it is
-        assert fresh.pread(SIZE, 0) == data_b
-        fresh.shutdown()
+        r = cli(d.state, "attach", "net", "--port", "0", "--medium", m["uuid"], "--name",
+                "lun", check=None)  # the registered LUN itself is checked, not only its diffs
+        one_line_error(r, target.url, "not the one registered", m["uuid"])
+        assert cli_json(d.state, "medium", "info", m["uuid"])["attachments"] == []
         assert sha(diff) == before
-        diff.unlink()  # what the refusal asks for: the client starts afresh over LUN B
-        again = nbd_from(d.nbd_port, "127.0.0.1", "lun")
-        assert again.pread(SIZE, 0) == data_b
+        target.stop()
+        target = Target.start(lun_a, target.port)  # LUN A is back at its URL
+        cli(d.state, "attach", "net", "--port", "0", "--medium", m["uuid"], "--name", "lun")
+        again = nbd_from(d.nbd_port, "127.0.0.1", "lun")  # its own image, kept
+        assert again.pread(4096, 0) == b"a" * 4096
+        assert again.pread(SIZE - 4096, 4096) == data_a[4096:]
         again.shutdown()
         wait_no_sessions(d.state, "lun")
         cli(d.state, "detach", "net", "--port", "0")

@@ -135,12 +135,11 @@ def open_visible(medium: Medium, lookup: Lookup, *, read_only: bool,
 
 
 async def open_remote_medium(medium: Medium, *, read_only: bool) -> Layer:
-    """A registered ``iscsi://`` medium through the integrated initiator."""
-    from blockyard.transport.iscsi_initiator import open_remote
+    """A registered ``iscsi://`` medium through the integrated initiator (checked to be
+    the LUN that was registered: ``remote_chain.open_registered``)."""
+    from blockyard.media.remote_chain import open_registered
 
-    if not medium.accessible:
-        raise MediaError(f"{medium.location}: medium is inaccessible: {medium.last_error}")
-    return await open_remote(medium.location, read_only=read_only or opens_read_only(medium))
+    return await open_registered(medium, read_only=read_only or opens_read_only(medium))
 
 
 def has_children(medium: Medium, children: Children | None) -> bool:

@@ -10,6 +10,8 @@ are not, so the LUN is opened first, here, and handed to them:
 * ``open_path`` -- a file (with its chain from the files alone,
   ``block.chain_find.open_chain_path``) or an ``iscsi://`` URL; what quick
   mode serves and the file commands open.  The chain owns the LUN;
+* ``open_registered`` -- a registered remote medium, refused when another
+  LUN now answers at its URL (its VPD 83h identity gives another UUID);
 * ``open_base`` -- for a registered medium, the LUN at the bottom of its
   registered chain (``chain_open.remote_root``), or None;
 * ``registered_chain`` -- a registered medium's chain with its LUN, closed
@@ -29,7 +31,7 @@ from blockyard.block.chain_find import open_chain_path
 from blockyard.block.layer import Layer
 from blockyard.block.remote import is_remote
 from blockyard.errors import MediaError
-from blockyard.media.chain_open import Lookup, open_chain, remote_root
+from blockyard.media.chain_open import Lookup, lun_uuid, open_chain, remote_root
 from blockyard.media.model import Medium
 
 
@@ -52,14 +54,27 @@ async def open_path(path: str, *, read_only: bool = False, fmt: str | None = Non
     return await open_chain_path(path, read_only=read_only, fmt=fmt, open_remote=_parent_lun)
 
 
+async def open_registered(m: Medium, *, read_only: bool) -> Layer:
+    """The registered remote medium ``m`` logged into, and checked to be the LUN that was
+    registered: another LUN now answering at the URL is refused, not served."""
+    if not m.accessible:
+        raise MediaError(f"{m.location}: medium is inaccessible: {m.last_error}")
+    lun = await open_url(m.location, read_only=read_only)
+    found = lun_uuid(lun, m)
+    if found != m.uuid:
+        await lun.close()
+        raise MediaError(f"{m.location}: the LUN answering there is not the one registered "
+                         f"(its identity gives UUID {found}, the registry has {m.uuid}); "
+                         "put the LUN back, or remove the medium and add the URL again")
+    return lun
+
+
 async def open_base(medium: Medium, lookup: Lookup, *, read_only: bool = True) -> Layer | None:
     """The remote LUN at the bottom of ``medium``'s registered chain, logged into."""
     root = remote_root(medium, lookup)
     if root is None:
         return None
-    if not root.accessible:
-        raise MediaError(f"{root.location}: medium is inaccessible: {root.last_error}")
-    return await open_url(root.location, read_only=read_only)
+    return await open_registered(root, read_only=read_only)
 
 
 @asynccontextmanager

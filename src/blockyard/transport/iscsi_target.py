@@ -15,8 +15,10 @@ run at once; each connection is an ``iscsi_connection.IscsiConnection``.
 
 Quick mode (for ``blockyard serve --iscsi``): ``quick_targets(exports,
 read_only)`` turns ``{name: Layer}`` into targets named
-``iqn.2026-11.org.blockyard:<name>`` with the layer as LUN 0, so ``serve``
-only has to do::
+``iqn.2026-11.org.blockyard:<name>`` with the layer as LUN 0 and a stable
+identity (``stable_identity``: the same file is the same LUN at every start,
+so differencing images made over it open again), so ``serve`` only has to
+do::
 
     server = IscsiTargetServer(quick_targets(exports, read_only))
     await server.start(host, port)
@@ -40,9 +42,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -159,13 +163,39 @@ def target_name(name: str) -> str:
     return IQN_PREFIX + (re.sub(r"[^a-z0-9.:-]+", "-", name.lower()).strip("-") or "disk")
 
 
+QUICK_NAMESPACE = uuid.UUID("0f5b7d64-55c1-4d1c-9a43-8f1d2e6b7a21")  # files without a UUID
+
+
+def stable_identity(layer: Layer) -> uuid.UUID:
+    """The LUN identity (VPD 83h) of a quick-mode export, the same at every start so a
+    differencing image made over the LUN opens again: the image's own UUID (VDI, VHD,
+    VMDK), else one derived from the file's device and inode, else a random one."""
+    cur: Layer | None = layer
+    while cur is not None:
+        info = getattr(cur, "info", None)
+        try:
+            found = info() if callable(info) else None
+        except Exception:  # facts that cannot be read give no identity
+            found = None
+        if found is not None and getattr(found, "uuid", None):
+            with contextlib.suppress(ValueError):
+                return uuid.UUID(str(found.uuid))
+        path = getattr(cur, "path", None)
+        if isinstance(path, str) and os.path.exists(path):
+            st = os.stat(path)
+            return uuid.uuid5(QUICK_NAMESPACE, f"{st.st_dev}:{st.st_ino}")
+        cur = cur.inner
+    return uuid.uuid4()
+
+
 def quick_targets(exports: Mapping[str, Layer], read_only: bool,
                   removable: bool = False) -> list[IscsiTarget]:
     """One target per export, the layer as its LUN 0 (see the module docstring)."""
     out = []
     for name, layer in exports.items():
         unit = DiskUnit(layer, DiskOptions(read_only=read_only or layer.read_only,
-                                           removable=removable))
+                                           removable=removable,
+                                           uuid=stable_identity(layer)))
         out.append(IscsiTarget(target_name(name), ScsiTargetDevice({0: unit})))
     return out
 
@@ -208,20 +238,21 @@ async def _serve(args: argparse.Namespace) -> None:
         layer = RawFile(path, read_only=read_only)
         thin = True if args.thin or "thin" in flags else None
         unit = DiskUnit(layer, DiskOptions(read_only=read_only, thin=thin,
-                                           removable=args.removable or "removable" in flags))
+                                           removable=args.removable or "removable" in flags,
+                                           uuid=stable_identity(layer)))
         targets.append(IscsiTarget(target_name(Path(path).stem), ScsiTargetDevice({0: unit}),
                                    acl=args.acl.split(",") if args.acl else None,
                                    chap=_pair(args.chap), mutual_chap=_pair(args.mutual)))
     host, _, port = args.listen.rpartition(":")
-    server = IscsiTargetServer(targets, nop_interval=args.nop_interval)
-    await server.start(host.strip("[]") or "127.0.0.1", int(port))
-    for t in targets:
-        print(f"iscsi://{args.listen}/{t.name}/0", flush=True)
-    stop = asyncio.Event()
+    stop = asyncio.Event()  # handled before the URLs are printed: a script may stop us at once
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    server = IscsiTargetServer(targets, nop_interval=args.nop_interval)
+    await server.start(host.strip("[]") or "127.0.0.1", int(port))
+    for t in targets:
+        print(f"iscsi://{args.listen}/{t.name}/0", flush=True)
     await stop.wait()
     await server.stop(grace=2.0)
 
