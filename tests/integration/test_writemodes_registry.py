@@ -164,7 +164,8 @@ async def test_readonly_refuses_writes(server: Server) -> None:
         await asyncio.to_thread(h.shutdown)
 
 
-async def test_multiattach_client_refused_when_the_base_changed(server: Server) -> None:
+async def test_multiattach_client_refused_when_the_base_changed(
+        server: Server, caplog: pytest.LogCaptureFixture) -> None:
     name = await server.disk("c.vdi", "multiattach")
     a = await server.client("127.0.0.1", name)
     await asyncio.to_thread(a.pwrite, b"A" * 512, 0)
@@ -174,8 +175,10 @@ async def test_multiattach_client_refused_when_the_base_changed(server: Server) 
     await img.pwrite(4096, b"changed" * 10)
     await img.close()
     await attach_ops.attach(server.ctx, "c", name, name=name)
-    with pytest.raises(nbd.Error):
+    with pytest.raises(nbd.Error), caplog.at_level("WARNING", logger="blockyard.nbd"):
         await server.client("127.0.0.1", name)
+    refused = [r.getMessage() for r in caplog.records if "cannot have export" in r.getMessage()]
+    assert len(refused) == 1 and "delete it to start this client afresh" in refused[0]
     b = await server.client("127.0.0.2", name)  # a client without history is fine
     assert await asyncio.to_thread(b.pread, 512, 0) == BASE
     await asyncio.to_thread(b.shutdown)

@@ -191,7 +191,8 @@ class NbdConnection:
         except PolicyError as exc:
             log.info("nbd: %s refused export %s: %s", self.peer, export.name, exc)
             self.core.reject_export(c.Rep.ERR_POLICY, str(exc))
-        except BlockyardError as exc:
+        except (BlockyardError, OSError) as exc:  # e.g. its differencing image cannot open
+            log.warning("nbd: %s cannot have export %s: %s", self.peer, export.name, exc)
             self.core.reject_export(c.Rep.ERR_UNKNOWN, str(exc))
         else:
             if self.closed:
