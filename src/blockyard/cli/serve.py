@@ -17,19 +17,13 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blockyard.block.hostcache import parse_host_cache
-from blockyard.config import load_default, load_file
-from blockyard.daemon import DaemonPlan
-from blockyard.daemon import run as run_daemon
 from blockyard.errors import ConfigError
-from blockyard.server import (
-    ExportDecl,
-    ServePlan,
-    default_state_dir,
-    parse_address,
-    run,
-)
+
+if TYPE_CHECKING:  # the servers are imported when one runs: other commands start faster
+    from blockyard.daemon import DaemonPlan
+    from blockyard.server import ServePlan
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -69,6 +63,9 @@ def _location(item: str) -> str:
 
 
 def _quick_plan(args: argparse.Namespace) -> ServePlan:
+    from blockyard.block.hostcache import parse_host_cache
+    from blockyard.server import ExportDecl, ServePlan, parse_address
+
     if len(args.name) > len(args.files):
         raise ConfigError("more --name options than files")
     names = list(args.name) + [_default_name(f) for f in args.files[len(args.name):]]
@@ -85,6 +82,10 @@ def _quick_plan(args: argparse.Namespace) -> ServePlan:
 
 def _daemon_plan(args: argparse.Namespace) -> DaemonPlan:
     """No FILE: the registry-driven daemon, configured by --config or the embedded default."""
+    from blockyard.config import load_default, load_file
+    from blockyard.daemon import DaemonPlan
+    from blockyard.server import default_state_dir, parse_address
+
     cfg = load_file(args.config) if args.config else load_default()
     state = args.state_dir or os.environ.get("BLOCKYARD_STATE_DIR") \
         or cfg.server.state_dir or default_state_dir()
@@ -97,5 +98,9 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.files:
+        from blockyard.daemon import run as run_daemon
+
         return run_daemon(_daemon_plan(args))
+    from blockyard.server import run
+
     return run(_quick_plan(args))

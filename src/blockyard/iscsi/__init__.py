@@ -15,15 +15,34 @@ TMF, Logout), ``discovery`` (SendTargets), ``session`` (policies, registry),
 ``events``, ``target`` (the connection state machine).
 """
 
-from blockyard.iscsi.events import (
-    NEED_DATA,
-    CommandReady,
-    LoginComplete,
-    SessionClosing,
-    TaskManagement,
-)
-from blockyard.iscsi.session import PortalConfig, SessionInfo, SessionRegistry, TargetPolicy
-from blockyard.iscsi.target import TargetConnection
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from blockyard.iscsi.events import (
+        NEED_DATA,
+        CommandReady,
+        LoginComplete,
+        SessionClosing,
+        TaskManagement,
+    )
+    from blockyard.iscsi.session import PortalConfig, SessionInfo, SessionRegistry, TargetPolicy
+    from blockyard.iscsi.target import TargetConnection
+
+# Imported on first use (PEP 562): the initiator's modules (and every CLI command that
+# may open a remote medium) need none of the target's machinery.
+_WHERE = {"NEED_DATA": "events", "CommandReady": "events", "LoginComplete": "events",
+          "SessionClosing": "events", "TaskManagement": "events", "PortalConfig": "session",
+          "SessionInfo": "session", "SessionRegistry": "session", "TargetPolicy": "session",
+          "TargetConnection": "target"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blockyard.iscsi' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"blockyard.iscsi.{module}"), name)
+
 
 __all__ = [
     "NEED_DATA",
