@@ -79,8 +79,12 @@ async def _write_next(dst: Layer, ahead: deque[tuple[int, asyncio.Future[Buffer]
     ahead.popleft()
     buf = data if isinstance(data, (bytes, bytearray)) else bytes(data)
     view, written = memoryview(buf), 0
+    inline = dst.sync_pwrite  # a raw file: a write into the page cache, done right here
     for start, stop in _nonzero_runs(buf):
-        await dst.pwrite(offset + start, view[start:stop])
+        if inline is not None:
+            inline(offset + start, view[start:stop], False)
+        else:
+            await dst.pwrite(offset + start, view[start:stop])
         written += stop - start
     if progress:
         progress(offset + len(buf), size)
