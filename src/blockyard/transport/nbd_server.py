@@ -8,9 +8,12 @@ once and eagerly (``util.eager``), so a page-cache hit is answered inside the
 same callback, while a request that has to wait (thread pool, throttle)
 finishes later and its reply goes out whenever it is ready (replies may be
 out of order; proto.md, "Transmission").  Replies produced in one callback
-are corked into one ``sendmsg``.  Large reads of a raw file go out with
-sendfile(2), other large reads are read and sent by an I/O thread, so the
-copies run without the GIL.
+are corked into one ``sendmsg``; replies completed later, each from its own
+callback (a remote LUN's answers resolving futures), are batched by
+``SocketWire.send_soon`` into one ``sendmsg`` at the end of the loop turn.
+A request that waits is resumed from the done-callbacks of the futures it
+awaits (``util.eager.drive_eager``), not wrapped in a Task.  Large requests
+are served from I/O threads (nbd_large.py), so the copies run without the GIL.
 
 Back-pressure: the bytes of requests in flight are counted; above
 ``max_queued`` the connection stops reading until they drain, and it also
@@ -30,10 +33,9 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from blockyard.block.layer import FileMap, Layer
+from blockyard.block.layer import Layer
 from blockyard.block.throttle import SESSION
 from blockyard.block.writemode import MediumHub, PolicyError
 from blockyard.errors import BlockError, BlockyardError, RemoteProtocolError
@@ -50,10 +52,11 @@ from blockyard.nbd.server import ServerConnection, State
 from blockyard.transport.bufpool import PayloadPool
 from blockyard.transport.listen import accept_forever, open_listener
 from blockyard.transport.nbd_exports import Export, ExportTable
+from blockyard.transport.nbd_large import LargeRequests
 from blockyard.transport.nbd_ops import COMMAND_TABLE
-from blockyard.transport.sockwire import FileRange, SocketWire
+from blockyard.transport.sockwire import SocketWire
 from blockyard.util.aio import pool
-from blockyard.util.eager import run_eager
+from blockyard.util.eager import Driven, drive_eager
 
 __all__ = ["Export", "ExportTable", "NbdConnection", "NbdServer"]
 
@@ -64,12 +67,11 @@ USE_SENDFILE = not os.environ.get("BLOCKYARD_NO_SENDFILE")
 THREAD_SEND_MIN = 256 << 10  # read replies this big are sent from an I/O thread
 THREAD_WRITE_MIN = 128 << 10  # writes this big (to a raw file) run on an I/O thread
 _WRITE = int(c.Cmd.WRITE)
-_FUA = int(c.CmdFlag.FUA)
 WRITE_HIGH = 32 << 20  # stop reading requests while this much reply data is queued
 WRITE_LOW = 8 << 20
 
 
-class NbdConnection:
+class NbdConnection(LargeRequests):
     def __init__(self, server: NbdServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.core = ServerConnection()
@@ -81,7 +83,7 @@ class NbdConnection:
         self.session_key = f"nbd:{peer}"  # one scheduling queue per connection
         self.inflight: dict[int, int] = {}  # id(request) -> bytes it holds
         self.inflight_bytes = 0
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[Driven] = set()  # requests waiting for their layer
         self.closed = False
         self.draining = False
         self._cork: list[Any] | None = None
@@ -156,7 +158,7 @@ class NbdConnection:
         elif cork is not None:
             cork.extend(bufs)
         else:
-            self.wire.send(bufs)
+            self.wire.send_soon(bufs)
 
     # ---- handshake events --------------------------------------------------------------
     def _handshake_event(self, event: object) -> None:
@@ -237,7 +239,7 @@ class NbdConnection:
                 return
         token = SESSION.set(self.session_key)  # bandwidth groups schedule per session
         try:
-            task = run_eager(self._run(req, export, self.layer))
+            task = drive_eager(self._run(req, export, self.layer))
         finally:
             SESSION.reset(token)
         if task is not None:
@@ -267,90 +269,6 @@ class NbdConnection:
         stats["bytes"] += req.length if req.cmd <= 1 else 0
         self._send(out, large=req.cmd == _READ and req.length >= THREAD_SEND_MIN)
         self._done(req)
-
-    def _read_sendfile(self, req: Request, export: Export, fd: int) -> None:
-        """A large read of a raw file: header, then sendfile(2) from an I/O thread."""
-        data: Any = FileRange(fd, req.offset, req.length)
-        out: Any
-        if self.core.negotiated.structured:
-            out = replies.read_structured(req.cookie, req.offset, data)
-        else:
-            out = replies.read_simple(req.cookie, data)
-        self.wire.send_threaded(out)
-        export.stats["requests"] += 1
-        export.stats["bytes"] += req.length
-        self._done(req)
-
-    def _read_mapped(self, req: Request, export: Export,
-                     mapper: Callable[[int, int], FileMap | None], tail: int = 4096) -> bool:
-        """A large read of data stored plainly in image files (``Layer.sync_map``): the
-        header, the runs with sendfile(2) from an I/O thread, and the last ``tail`` bytes
-        read now into a buffer that releases the map once the wire has sent or dropped
-        it -- after the runs before it.  False when the layer cannot map the range."""
-        fmap = mapper(req.offset, req.length)
-        if fmap is None:
-            return False
-        try:
-            runs, last = fmap.split_tail(tail)
-        except OSError:
-            fmap.release()
-            return False  # the ordinary path reports the error
-        data: Any = FileRange(-1, 0, req.length)  # stands for the data in the header
-        out: Any
-        if self.core.negotiated.structured:
-            out = replies.read_structured(req.cookie, req.offset, data)
-        else:
-            out = replies.read_simple(req.cookie, data)
-        out[-1:] = [FileRange(fd, off, n) for fd, off, n in runs] + [last]
-        self.wire.send_threaded(out)
-        export.stats["requests"] += 1
-        export.stats["bytes"] += req.length
-        self._done(req)
-        return True
-
-    def _read_in_thread(self, req: Request, export: Export,
-                        reader: Callable[[int, int], Any]) -> None:
-        """A large read on an I/O thread: read, then send, both without the GIL."""
-        structured = self.core.negotiated.structured
-        try:
-            data = reader(req.offset, req.length)
-            if structured:
-                out: Any = replies.read_structured(req.cookie, req.offset, data)
-            else:
-                out = replies.read_simple(req.cookie, data)
-        except OSError as exc:
-            out = [replies.error(req.cookie, exc.errno or errno.EIO, structured, str(exc))]
-        self.wire.send_blocking(out)
-        self._finished.append(req)  # deque.append is atomic; one wake-up serves many
-        if not self._wake_pending:
-            self._wake_pending = True
-            self.loop.call_soon_threadsafe(self._reap_threaded)
-
-    def _write_in_thread(self, req: Request, writer: Callable[[int, Any, bool], None]) -> None:
-        """A large write to a raw file on an I/O thread: write, reply, recycle the buffer."""
-        try:
-            writer(req.offset, req.payload, bool(req.flags & _FUA))
-            out = replies.ok(req.cookie)
-        except OSError as exc:
-            err = exc.errno or errno.EIO
-            out = replies.error(req.cookie, errno.ENOSPC if err in (errno.EDQUOT, errno.EFBIG)
-                                else err, self.core.negotiated.structured, str(exc))
-        self.wire.send_blocking([out])
-        self.server.payloads.put(req.payload)
-        req.payload = None
-        self._finished.append(req)
-        if not self._wake_pending:
-            self._wake_pending = True
-            self.loop.call_soon_threadsafe(self._reap_threaded)
-
-    def _reap_threaded(self) -> None:
-        self._wake_pending = False
-        stats = self.export.stats if self.export else {"requests": 0, "bytes": 0}
-        while self._finished:
-            req = self._finished.popleft()
-            stats["requests"] += 1
-            stats["bytes"] += req.length
-            self._done(req)
 
     def _done(self, req: Request) -> None:
         self.inflight_bytes -= self.inflight.pop(id(req), 0)

@@ -23,7 +23,13 @@ writer at a time owns the socket (``_busy``); anybody else appends to
   full, the rest stays at the head of the queue and a loop writer callback
   resumes when it drains;
 * ``send_threaded(bufs)`` runs the send on the I/O pool, blocking in
-  ``poll`` (GIL released) while the socket is full.
+  ``poll`` (GIL released) while the socket is full;
+* ``send_soon(bufs)`` (loop thread) batches replies completed by separate
+  callbacks of one loop turn (futures resolving one after another): they
+  are appended to ``_batch`` and a ``call_soon`` sends the whole batch with
+  one ``sendmsg`` at the end of the turn.  Any ``send`` (and
+  ``flush_and_close``) sends the batch first, so replies keep their order
+  and none waits longer than the current turn.
 
 ``_mutex`` guards only ``_busy`` and ``_queue``, never a system call.  After
 ``close()`` or a peer reset, sends are dropped silently: the requests they
@@ -101,6 +107,7 @@ class SocketWire:
         self._reading = False
         self.closed = False
         self.queued_bytes = 0
+        self._batch: list[Item] = []  # replies for send_soon's end-of-turn sendmsg
         self._loop_thread = threading.get_ident()  # built on the loop thread
 
     # ---- reading ------------------------------------------------------------------
@@ -133,9 +140,24 @@ class SocketWire:
     # ---- writing ------------------------------------------------------------------
     def send(self, bufs: list[Item]) -> None:
         """Send a reply from the loop thread, never blocking."""
+        if self._batch:  # replies batched earlier in this turn go first, in one sendmsg
+            bufs, self._batch = self._batch + bufs, []
         if not self._claim(bufs):
             return
         self._drain(bufs, blocking=False)
+
+    def send_soon(self, bufs: list[Item]) -> None:
+        """Send a reply from the loop thread at the end of this loop turn, with the
+        others given here meanwhile (one ``sendmsg``)."""
+        if self.closed:
+            return
+        if not self._batch:
+            self.loop.call_soon(self.flush_batch)
+        self._batch.extend(bufs)
+
+    def flush_batch(self) -> None:
+        if self._batch:
+            self.send([])
 
     def send_threaded(self, bufs: list[Item]) -> None:
         """Send a (large) reply from an I/O thread so the copy runs without the GIL."""
@@ -281,6 +303,7 @@ class SocketWire:
         """Close once everything queued has been sent (bounded by the peer reading)."""
         if self.closed:
             return
+        self.flush_batch()
         with self._mutex:
             idle = not self._busy
         if idle:
