@@ -42,6 +42,15 @@ ENV.pop("BLOCKYARD_ISCSI_SECRET", None)
 SERVING_RE = re.compile(r"^serving (iscsi://\S+)")
 URL_RE = re.compile(r"^(iscsi://\S+)")
 LISTEN_RE = re.compile(r"nbd: listening on ([0-9.]+):(\d+)")
+DAEMON_CONFIG = """\
+[nbd]
+listen = ["127.0.0.1:0"]
+
+[[controller]]
+name = "net"
+type = "sas"
+host_cache = false
+"""  # a registry daemon with one controller whose attachments are NBD exports
 
 
 def sha(path: Path) -> str:
@@ -80,6 +89,21 @@ def _pump(stream: Any, lines: queue.Queue[str]) -> None:
         lines.put(line)
 
 
+def _terminate(proc: subprocess.Popen[str], what: str) -> int:
+    """SIGTERM to ``proc`` (ours, by PID) and its exit status; killed if it ignores it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{what} ignored SIGTERM") from None
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @dataclass
 class Target:
     proc: subprocess.Popen[str]
@@ -113,17 +137,7 @@ class Target:
         raise AssertionError(f"the iSCSI target did not start:\n{log.read_text()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the target ignored SIGTERM") from None
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+        code = _terminate(self.proc, "the target")
         assert code == 0, self.log.read_text()
 
 
@@ -156,17 +170,7 @@ class QuickNbd:
         return h
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("quick mode ignored SIGTERM") from None
-        finally:
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
+        code = _terminate(self.proc, "quick mode")
         log = self.log.read_text(errors="replace")
         assert code == 0 and "Traceback" not in log and " ERROR " not in log, log
 

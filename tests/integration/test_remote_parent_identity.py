@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from remote_parent_support import (
+    DAEMON_CONFIG,
     MiB,
     Target,
     nbd_from,
@@ -26,15 +27,7 @@ from blockyard.media.remote_chain import open_path
 
 nbd = pytest.importorskip("nbd")
 SIZE = 4 * MiB
-CONFIG = """\
-[nbd]
-listen = ["127.0.0.1:0"]
-
-[[controller]]
-name = "net"
-type = "sas"
-host_cache = false
-"""
+CONFIG = DAEMON_CONFIG
 
 
 def _two_luns(tmp_path: Path) -> tuple[Path, bytes, Path, bytes]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from remote_parent_support import (
+    DAEMON_CONFIG,
     MiB,
     Target,
     image_check,
@@ -28,15 +29,7 @@ from test_daemon_iscsi_support import Daemon
 
 nbd = pytest.importorskip("nbd")
 SIZE = 8 * MiB
-CONFIG = """\
-[nbd]
-listen = ["127.0.0.1:0"]
-
-[[controller]]
-name = "net"
-type = "sas"
-host_cache = false
-"""
+CONFIG = DAEMON_CONFIG
 A = {MiB - 700: b"A" * 3000, 5 * MiB + 1: b"a" * 70000}  # each crosses a 1 MiB block
 B = {MiB - 100: b"B" * 5000, 6 * MiB - 9: b"b" * 4096}   # overlaps A's first write
 

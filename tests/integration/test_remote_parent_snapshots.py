@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from remote_parent_support import (
+    DAEMON_CONFIG,
     MiB,
     QuickNbd,
     Target,
@@ -29,15 +30,7 @@ from blockyard.media.remote_chain import open_path
 
 nbd = pytest.importorskip("nbd")
 SIZE = 8 * MiB
-CONFIG = """\
-[nbd]
-listen = ["127.0.0.1:0"]
-
-[[controller]]
-name = "net"
-type = "sas"
-host_cache = false
-"""
+CONFIG = DAEMON_CONFIG
 
 
 def _w(*spans: tuple[int, int]) -> dict[int, bytes]:
