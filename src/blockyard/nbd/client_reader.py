@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from blockyard.errors import LocalProtocolError, RemoteProtocolError
 from blockyard.nbd.events import NEED_DATA
+from blockyard.nbd.inbuf import copy_in
 
 RBUF_SIZE = 256 << 10
 DIRECT_PAYLOAD = 64 << 10
@@ -80,14 +81,7 @@ class UnitReader:
             return
         if self._eof:
             raise LocalProtocolError("data received after end of input")
-        mv = memoryview(data)
-        while mv:
-            dst = self.get_buffer(len(mv))
-            n = min(len(dst), len(mv))
-            dst[:n] = mv[:n]
-            dst.release()
-            self.buffer_updated(n)
-            mv = mv[n:]
+        copy_in(self, data)
 
     def receive_eof(self) -> None:
         self._eof = True

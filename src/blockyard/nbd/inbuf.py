@@ -9,6 +9,8 @@ same two calls.  The core consumes from ``_buf[_start:_end]``; a payload in
 
 from __future__ import annotations
 
+from typing import Protocol
+
 RBUF_SIZE = 256 << 10
 DIRECT_PAYLOAD = 64 << 10  # payloads at least this big get a buffer of their own
 
@@ -40,14 +42,7 @@ class InputBuffer:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Copying input path (tests, TLS): same effect as get_buffer/buffer_updated."""
-        mv = memoryview(data)
-        while mv:
-            dst = self.get_buffer(len(mv))
-            n = min(len(dst), len(mv))
-            dst[:n] = mv[:n]
-            dst.release()
-            self.buffer_updated(n)
-            mv = mv[n:]
+        copy_in(self, data)
 
     def _compact(self) -> None:
         n = self._end - self._start
@@ -61,3 +56,22 @@ class InputBuffer:
         data = bytes(self._buf[self._start:self._start + n])
         self._start += n
         return data
+
+
+class BufferedReader(Protocol):
+    def get_buffer(self, sizehint: int) -> memoryview: ...
+
+    def buffer_updated(self, nbytes: int) -> None: ...
+
+
+def copy_in(reader: BufferedReader, data: bytes | bytearray | memoryview) -> None:
+    """Feed ``data`` to a reader with the zero-copy interface (``get_buffer`` /
+    ``buffer_updated``, as asyncio's BufferedProtocol) by copying it in."""
+    mv = memoryview(data)
+    while mv:
+        dst = reader.get_buffer(len(mv))
+        n = min(len(dst), len(mv))
+        dst[:n] = mv[:n]
+        dst.release()
+        reader.buffer_updated(n)
+        mv = mv[n:]
