@@ -394,3 +394,14 @@ class _Replay:
     async def close(self) -> None:
         await self.path.close()
 
+
+def remote_lun(layer: Layer | None) -> RemoteLun | None:
+    """The ``RemoteLun`` a stack is built on -- through filters (write mode, read-only,
+    snapshot swap), and below a differencing chain (its borrowed base) -- or None."""
+    from blockyard.block.chain import ChainLayer
+
+    while layer is not None:
+        if isinstance(layer, RemoteLun):
+            return layer
+        layer = layer.below if isinstance(layer, ChainLayer) else layer.inner
+    return None

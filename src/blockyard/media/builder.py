@@ -55,7 +55,7 @@ from blockyard.block.formats.base import ImageLayer
 from blockyard.block.formats.rawimage import RawImage
 from blockyard.block.hostcache_direct import DirectFile, DirectIOUnsupported
 from blockyard.block.layer import Layer
-from blockyard.block.remote import RemoteLun
+from blockyard.block.remote import remote_lun
 from blockyard.block.writemode import DiffFactory, MediumHub
 from blockyard.errors import MediaError
 from blockyard.media.chain_open import ClientDiffs, open_chain, top_image
@@ -182,9 +182,7 @@ def _fixed_size(layer: Layer) -> bool:
     try:
         return top_image(layer).info().variant in ("fixed", "flat")
     except MediaError:
-        while layer.inner is not None:
-            layer = layer.inner
-        return isinstance(layer, RemoteLun)  # a LUN's size is fixed by its target
+        return remote_lun(layer) is not None  # a LUN's size is fixed by its target
 
 
 # Wraps a session's layer in the medium's bandwidth group: (layer, owns_inner) -> layer.

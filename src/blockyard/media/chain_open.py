@@ -42,7 +42,7 @@ from blockyard.block.chain_link import create_child, is_child, link_of
 from blockyard.block.formats import open_image
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
-from blockyard.block.remote import REMOTE_FORMAT, RemoteLun, identity_uuid
+from blockyard.block.remote import REMOTE_FORMAT, identity_uuid, remote_lun
 from blockyard.errors import MediaError
 from blockyard.media.model import Medium
 
@@ -91,10 +91,8 @@ def lun_uuid(layer: Layer, m: Medium) -> str:
     from its identity -- so another LUN now answering at the URL does not pass for it
     (its children's data are only valid over the LUN they were made on) -- else the
     registry's."""
-    lun: Layer | None = layer
-    while lun is not None and not isinstance(lun, RemoteLun):
-        lun = lun.inner  # a write-mode or read-only filter over the LUN
-    identity = lun.uuid if isinstance(lun, RemoteLun) else None
+    lun = remote_lun(layer)
+    identity = lun.uuid if lun is not None else None
     if identity and m.uuid_source == "image":
         return identity_uuid(identity)
     return m.uuid

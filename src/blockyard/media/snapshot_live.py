@@ -28,7 +28,7 @@ from blockyard.block.chain_find import close_now
 from blockyard.block.chain_swap import SwapLayer
 from blockyard.block.formats.base import ImageLayer
 from blockyard.block.layer import Layer
-from blockyard.block.remote import RemoteLun
+from blockyard.block.remote import RemoteLun, remote_lun
 from blockyard.errors import ConflictError
 from blockyard.media import builder
 from blockyard.media.chain_open import open_chain, top_image
@@ -80,11 +80,7 @@ def stack_on(child: ImageLayer, old: Layer) -> ChainLayer:
 
 def chain_base(layer: Layer) -> Layer | None:
     """The remote LUN an open stack is built on (borrowed by its chain), or None."""
-    if isinstance(layer, RemoteLun):
-        return layer
-    if isinstance(layer, ChainLayer):
-        return layer.below if isinstance(layer.below, RemoteLun) else None
-    return chain_base(layer.inner) if layer.inner is not None else None
+    return remote_lun(layer)
 
 
 def reopen(swap: SwapLayer, current: Medium, lookup: Lookup, *,
